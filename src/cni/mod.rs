@@ -1,0 +1,10 @@
+//! The CNI protocol: types, decoding, arguments, the harness, and delegation.
+
+pub mod args;
+pub mod decode;
+pub mod delegate;
+pub mod skel;
+pub mod types;
+
+pub use skel::{Applet, Command, Ctx, Kind, Plugin};
+pub use types::{CniResult, Dns, Interface, IpConfig, Route};

@@ -1,0 +1,502 @@
+//! The command harness: the one place that reads the environment and stdin, validates
+//! them with the spec's rules and codes, dispatches ADD/DEL/CHECK/GC/STATUS/VERSION to
+//! an applet, and prints the result or the error object.
+//!
+//! Differences from the reference skel, all deliberate (see README "Deviations"):
+//! - the "CNI_NETNS is my own netns" guard runs *before* the handler, not after it
+//!   has already changed the host;
+//! - `CNI_PATH` is required only for GC, as the spec says;
+//! - VERSION echoes the requested `cniVersion`, as the spec says;
+//! - error objects carry `cniVersion`;
+//! - a result is always re-shaped for the requested version, and if it cannot be
+//!   (an L2 result under 0.2.0), ADD is rolled back with DEL before the error is printed.
+
+use crate::cni::args::CniArgs;
+use crate::cni::decode;
+use crate::cni::types::{shape_of, to_pretty, version_at_least, CniResult, ALL_VERSIONS, CURRENT_VERSION};
+use crate::error::{cni_err, Code, CniError};
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+use std::io::{Read, Write};
+use std::sync::OnceLock;
+
+/// Largest config accepted on stdin. Real configs are a few KiB; a runaway writer
+/// must get a clear error instead of exhausting memory.
+pub const MAX_STDIN: u64 = 4 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+    Version,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Option<Command> {
+        Some(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "GC" => Command::Gc,
+            "STATUS" => Command::Status,
+            "VERSION" => Command::Version,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+            Command::Version => "VERSION",
+        }
+    }
+}
+
+/// The handlers of a CNI plugin applet. `None` means "nothing to do": success with no
+/// output (for GC and STATUS, as the spec allows).
+pub struct Plugin {
+    /// Versions this plugin accepts, oldest first.
+    pub versions: &'static [&'static str],
+    /// `CNI_ARGS` keys the plugin understands (besides `IgnoreUnknown`).
+    pub cni_args: &'static [&'static str],
+    pub add: fn(&Ctx) -> Result<CniResult>,
+    pub del: fn(&Ctx) -> Result<()>,
+    pub check: fn(&Ctx) -> Result<()>,
+    pub gc: Option<fn(&Ctx) -> Result<()>>,
+    pub status: Option<fn(&Ctx) -> Result<()>>,
+}
+
+/// What an applet is: a CNI plugin driven by the harness, or a tool with its own argv.
+pub enum Kind {
+    Plugin(Plugin),
+    Tool(fn(&[String]) -> i32),
+}
+
+pub struct Applet {
+    pub name: &'static str,
+    /// One line for `--list` and `--help`.
+    pub about: &'static str,
+    pub kind: Kind,
+}
+
+static TABLE: OnceLock<&'static [Applet]> = OnceLock::new();
+
+/// The binary registers its applet table once, so delegation can run our own IPAM
+/// applets in-process.
+pub fn register(table: &'static [Applet]) {
+    let _ = TABLE.set(table);
+}
+
+pub fn applets() -> &'static [Applet] {
+    TABLE.get().copied().unwrap_or(&[])
+}
+
+pub fn find_applet(name: &str) -> Option<&'static Applet> {
+    applets().iter().find(|a| a.name == name)
+}
+
+/// Common config keys every plugin may look at. Applets decode their own struct
+/// from [`Ctx::raw`] for the rest.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    pub ipam: Option<IpamType>,
+    pub dns: Option<Value>,
+    #[serde(rename = "prevResult")]
+    pub prev_result: Option<Value>,
+    #[serde(rename = "runtimeConfig")]
+    pub runtime_config: Option<Value>,
+    pub args: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct IpamType {
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+}
+
+impl NetConf {
+    pub fn ipam_type(&self) -> &str {
+        self.ipam.as_ref().map(|i| i.plugin_type.as_str()).unwrap_or("")
+    }
+}
+
+/// One invocation: environment, raw stdin, and the decoded common config.
+pub struct Ctx {
+    pub plugin_name: String,
+    pub command: Command,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: String,
+    pub path: String,
+    pub stdin: Vec<u8>,
+    pub raw: Value,
+    pub conf: NetConf,
+    pub cni_args: CniArgs,
+}
+
+impl Ctx {
+    /// Decode the applet's own config struct (Go-style case-insensitive keys).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        decode::from_value(self.raw.clone())
+            .map_err(|e| cni_err(Code::Decode, format!("failed to load netconf: {e}")))
+    }
+
+    pub fn version(&self) -> &str {
+        &self.conf.cni_version
+    }
+
+    /// prevResult in the 1.x model, if the config carries one.
+    pub fn prev_result(&self) -> Result<Option<CniResult>> {
+        match &self.conf.prev_result {
+            None => Ok(None),
+            Some(v) => CniResult::parse_prev(v, self.version()).map(Some),
+        }
+    }
+
+    /// A `runtimeConfig` entry by capability name (case-insensitive, like Go).
+    pub fn runtime_config(&self, key: &str) -> Option<&Value> {
+        let rc = self.conf.runtime_config.as_ref()?.as_object()?;
+        decode::get_ci(rc, key).filter(|v| !v.is_null())
+    }
+
+    /// `args.cni.<key>` (case-insensitive).
+    pub fn args_cni(&self, key: &str) -> Option<&Value> {
+        let args = self.conf.args.as_ref()?.as_object()?;
+        let cni = decode::get_ci(args, "cni")?.as_object()?;
+        decode::get_ci(cni, key).filter(|v| !v.is_null())
+    }
+
+    /// GC's list of attachments to keep: `cni.dev/valid-attachments`, or the spec's
+    /// spelling `cni.dev/attachments` (libcni sends both).
+    pub fn valid_attachments(&self) -> Result<Vec<(String, String)>> {
+        let obj = self.raw.as_object();
+        let list = obj
+            .and_then(|o| o.get("cni.dev/valid-attachments").or_else(|| o.get("cni.dev/attachments")))
+            .cloned()
+            .unwrap_or(Value::Array(vec![]));
+        #[derive(serde::Deserialize)]
+        struct Att {
+            #[serde(rename = "containerID")]
+            container_id: String,
+            #[serde(default)]
+            ifname: String,
+        }
+        let atts: Vec<Att> = decode::from_value(list)
+            .map_err(|e| cni_err(Code::Decode, format!("invalid cni.dev/valid-attachments: {e}")))?;
+        Ok(atts.into_iter().map(|a| (a.container_id, a.ifname)).collect())
+    }
+
+    /// The same call for another plugin (a delegate), with the command overridden.
+    pub fn for_delegate(&self, command: Command, plugin_name: &str) -> Ctx {
+        Ctx {
+            plugin_name: plugin_name.to_string(),
+            command,
+            container_id: self.container_id.clone(),
+            netns: self.netns.clone(),
+            ifname: self.ifname.clone(),
+            args: self.args.clone(),
+            path: self.path.clone(),
+            stdin: self.stdin.clone(),
+            raw: self.raw.clone(),
+            conf: self.conf.clone(),
+            cni_args: CniArgs::default(),
+        }
+    }
+}
+
+/// The inputs a harness run reads: the process environment in production, a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> String;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> String {
+        std::env::var(name).unwrap_or_default()
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn validate_container_id(id: &str) -> Result<()> {
+    if !valid_name(id) {
+        return Err(CniError::new(Code::InvalidEnv, "invalid characters in containerID").with_details(id).into());
+    }
+    Ok(())
+}
+
+fn validate_ifname(name: &str) -> Result<()> {
+    let err = |msg: &str, details: &str| -> Result<()> {
+        Err(CniError::new(Code::InvalidEnv, msg).with_details(details).into())
+    };
+    if name.len() > 15 {
+        return err("interface name is too long", "interface name should be less than 16 characters");
+    }
+    if name == "." || name == ".." {
+        return err("interface name is . or ..", "");
+    }
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return err("interface name contains / or : or whitespace characters", "");
+    }
+    Ok(())
+}
+
+/// Everything a run produces, so tests can drive the harness without a process.
+pub struct Outcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: i32,
+}
+
+/// Run `applet` as a CNI plugin: the binary's entry point for every plugin applet.
+pub fn plugin_main(name: &str, plugin: &Plugin) -> i32 {
+    let mut stdin = std::io::stdin().lock();
+    let out = run(name, plugin, &ProcessEnv, &mut stdin);
+    // A runtime that closed our stdout cannot be told anything anyway; never panic.
+    let _ = std::io::stdout().lock().write_all(&out.stdout);
+    let _ = std::io::stderr().lock().write_all(&out.stderr);
+    out.exit
+}
+
+pub fn run(name: &str, plugin: &Plugin, env: &dyn Env, stdin: &mut dyn Read) -> Outcome {
+    let mut out = Outcome { stdout: Vec::new(), stderr: Vec::new(), exit: 0 };
+    let mut version_for_errors = String::new();
+    match dispatch(name, plugin, env, stdin, &mut out, &mut version_for_errors) {
+        Ok(()) => {}
+        Err(e) => {
+            let mut ce = CniError::from_anyhow(&e);
+            if shape_of(&version_for_errors).is_some() && !version_for_errors.is_empty() {
+                ce.cni_version = version_for_errors;
+            }
+            let v = serde_json::to_value(&ce).unwrap_or_else(|_| json!({"code": 999, "msg": "error"}));
+            out.stdout = to_pretty(&v);
+            out.exit = 1;
+        }
+    }
+    out
+}
+
+fn dispatch(
+    name: &str,
+    plugin: &Plugin,
+    env: &dyn Env,
+    stdin: &mut dyn Read,
+    out: &mut Outcome,
+    version_for_errors: &mut String,
+) -> Result<()> {
+    let cmd_s = env.var("CNI_COMMAND");
+    if cmd_s.is_empty() {
+        // No command: print the about text, exactly as the reference skel does.
+        let _ = writeln!(out.stderr, "CNI {name} plugin cnibox v{}", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out.stderr, "CNI protocol versions supported: {}", plugin.versions.join(", "));
+        return Ok(());
+    }
+    let cmd = Command::parse(&cmd_s);
+
+    // Environment, in the reference's order: the first invalid value is reported at
+    // once, missing variables are collected and reported together.
+    let required = |var: &str| -> bool {
+        use Command::*;
+        match (var, cmd) {
+            ("CNI_CONTAINERID", Some(Add | Del | Check)) => true,
+            ("CNI_NETNS", Some(Add | Check)) => true,
+            ("CNI_IFNAME", Some(Add | Del | Check)) => true,
+            ("CNI_PATH", Some(Gc)) => true,
+            _ => false,
+        }
+    };
+    let mut missing = Vec::new();
+    let mut get = |var: &str, validate: Option<fn(&str) -> Result<()>>| -> Result<String> {
+        let v = env.var(var);
+        if v.is_empty() {
+            if required(var) {
+                missing.push(var.to_string());
+            }
+        } else if let (true, Some(f)) = (required(var), validate) {
+            f(&v)?;
+        }
+        Ok(v)
+    };
+    let container_id = get("CNI_CONTAINERID", Some(validate_container_id))?;
+    let netns = get("CNI_NETNS", None)?;
+    let ifname = get("CNI_IFNAME", Some(validate_ifname))?;
+    let args = get("CNI_ARGS", None)?;
+    let path = get("CNI_PATH", None)?;
+    if !missing.is_empty() {
+        return Err(cni_err(Code::InvalidEnv, format!("required env variables [{}] missing", missing.join(","))));
+    }
+    let Some(cmd) = cmd else {
+        return Err(cni_err(Code::InvalidEnv, format!("unknown CNI_COMMAND: {cmd_s}")));
+    };
+
+    let mut stdin_data = Vec::new();
+    stdin
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut stdin_data)
+        .map_err(|e| cni_err(Code::Io, format!("error reading from stdin: {e}")))?;
+    if stdin_data.len() as u64 > MAX_STDIN {
+        return Err(cni_err(Code::Io, format!("error reading from stdin: config larger than {MAX_STDIN} bytes")));
+    }
+
+    if cmd == Command::Version {
+        return version_reply(plugin, &stdin_data, out);
+    }
+
+    let raw: Value = serde_json::from_slice(&stdin_data)
+        .map_err(|e| cni_err(Code::Decode, format!("error unmarshall network config: {e}")))?;
+    if !raw.is_object() {
+        return Err(cni_err(Code::Decode, "error unmarshall network config: the config must be a JSON object"));
+    }
+    let conf: NetConf = decode::from_value(raw.clone())
+        .map_err(|e| cni_err(Code::Decode, format!("error unmarshall network config: {e}")))?;
+    if conf.name.is_empty() {
+        return Err(cni_err(Code::InvalidConfig, "missing network name"));
+    }
+    if !valid_name(&conf.name) {
+        return Err(CniError::new(Code::InvalidConfig, "invalid characters found in network name").with_details(&conf.name).into());
+    }
+    let mut conf = conf;
+    if conf.cni_version.is_empty() {
+        conf.cni_version = "0.1.0".to_string();
+    }
+    *version_for_errors = conf.cni_version.clone();
+    let version = conf.cni_version.clone();
+
+    let min = match cmd {
+        Command::Check => Some("0.4.0"),
+        Command::Gc | Command::Status => Some("1.1.0"),
+        _ => None,
+    };
+    if let Some(min) = min {
+        if !version_at_least(&version, min)? {
+            return Err(cni_err(Code::IncompatibleVersion, format!("config version does not allow {}", cmd.as_str())));
+        }
+    }
+    if !plugin.versions.contains(&version.as_str()) {
+        return Err(CniError::new(Code::IncompatibleVersion, "incompatible CNI versions")
+            .with_details(format!("config is {version:?}, plugin supports {:?}", plugin.versions))
+            .into());
+    }
+
+    if matches!(cmd, Command::Add | Command::Del) {
+        check_not_own_netns(&netns, &env.var("CNI_NETNS_OVERRIDE"))?;
+    }
+
+    let cni_args = if matches!(cmd, Command::Add | Command::Del | Command::Check) {
+        CniArgs::parse(&args, plugin.cni_args)?
+    } else {
+        CniArgs::default()
+    };
+    let ctx = Ctx {
+        plugin_name: name.to_string(),
+        command: cmd,
+        container_id,
+        netns,
+        ifname,
+        args,
+        path,
+        stdin: stdin_data,
+        raw,
+        conf,
+        cni_args,
+    };
+    match cmd {
+        Command::Add => {
+            let result = (plugin.add)(&ctx)?;
+            out.stdout = to_pretty(&render_or_undo(plugin, &ctx, &result)?);
+        }
+        Command::Del => (plugin.del)(&ctx)?,
+        Command::Check => (plugin.check)(&ctx)?,
+        Command::Gc => {
+            if let Some(gc) = plugin.gc {
+                gc(&ctx)?
+            }
+        }
+        Command::Status => {
+            if let Some(status) = plugin.status {
+                status(&ctx)?
+            }
+        }
+        Command::Version => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Print `result` in the caller's version; if that version cannot express it, undo the
+/// ADD so nothing is left behind for a result the runtime never saw.
+fn render_or_undo(plugin: &Plugin, ctx: &Ctx, result: &CniResult) -> Result<Value> {
+    match result.to_json(ctx.version()) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let del = ctx.for_delegate(Command::Del, &ctx.plugin_name);
+            if let Err(undo) = (plugin.del)(&del) {
+                return Err(e.context(format!("(rolling back the ADD also failed: {undo:#})")));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn version_reply(plugin: &Plugin, stdin: &[u8], out: &mut Outcome) -> Result<()> {
+    // The spec: echo the requested version. With no readable request, say ours.
+    let requested = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| CURRENT_VERSION.to_string());
+    let v = json!({"cniVersion": requested, "supportedVersions": plugin.versions});
+    let mut s = serde_json::to_vec(&v)?;
+    s.push(b'\n');
+    out.stdout = s;
+    Ok(())
+}
+
+/// Refuse to work on the plugin's own netns (code 8), unless overridden. An unopenable
+/// path passes: DEL must succeed for a netns that is already gone.
+fn check_not_own_netns(netns: &str, override_var: &str) -> Result<()> {
+    if override_var == "1" || override_var.eq_ignore_ascii_case("true") || netns.is_empty() {
+        return Ok(());
+    }
+    let Ok(target) = std::fs::File::open(netns) else { return Ok(()) };
+    if crate::netns::is_current(&target).unwrap_or(false) {
+        return Err(cni_err(Code::InvalidNetns, "plugin's netns and netns from CNI_NETNS should not be the same"));
+    }
+    Ok(())
+}
+
+/// All versions, for plugins that accept every one.
+pub const ALL: &[&str] = ALL_VERSIONS;
+
+/// Object helpers for applets that need to peek into raw config.
+pub fn obj(v: &Value) -> Option<&Map<String, Value>> {
+    v.as_object()
+}
+
+/// Decode a `serde_json::Value` fragment with context (used for `ipam` sections etc.).
+pub fn decode_part<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T> {
+    decode::from_value(v.clone()).map_err(|e| cni_err(Code::Decode, format!("failed to load {what}: {e}"))).context(what.to_string())
+}

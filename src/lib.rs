@@ -1,0 +1,17 @@
+//! cnibox's shared core. Applets (in `applets/`) read like the spec of their plugin;
+//! everything they share lives here:
+//!
+//! - [`cni`]: CNI types, version conversion, Go-compatible decoding, `CNI_ARGS`, and the
+//!   command harness every plugin runs under;
+//! - [`netlink`]: rtnetlink on neli's socket (links, addresses, routes, bridge ports);
+//! - [`netns`]: entering network namespaces safely;
+//! - [`sysctl`]: `/proc/sys` reads and writes;
+//! - [`error`]: the one CNI error type.
+
+pub mod cni;
+pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
+
+pub use anyhow::{Context, Result};

@@ -1,0 +1,153 @@
+//! Interface addresses: add, delete, list.
+
+use super::{attr, u32_of, Nl};
+use anyhow::{anyhow, Result};
+use ipnet::IpNet;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{Ifa, IfaF, RtAddrFamily, RtScope, Rtm};
+use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder};
+use neli::types::{Buffer, RtBuffer};
+use std::net::IpAddr;
+
+pub const IFA_FLAGS: u16 = 8;
+pub const IFA_F_NODAD: u32 = 0x02;
+pub const IFA_F_DADFAILED: u32 = 0x08;
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+pub const IFA_F_PERMANENT: u32 = 0x80;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr {
+    pub index: u32,
+    /// Address with prefix length (host bits kept).
+    pub net: IpNet,
+    pub scope: u8,
+    /// Full 32-bit flags (IFA_FLAGS when present).
+    pub flags: u32,
+}
+
+impl Addr {
+    pub fn is_tentative(&self) -> bool {
+        self.flags & IFA_F_TENTATIVE != 0
+    }
+    pub fn dad_failed(&self) -> bool {
+        self.flags & IFA_F_DADFAILED != 0
+    }
+    /// Global unicast, as Go's `IsGlobalUnicast` decides for DEL's address collection.
+    pub fn is_global_unicast(&self) -> bool {
+        match self.net.addr() {
+            IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+            IpAddr::V6(a) => {
+                !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80)
+            }
+        }
+    }
+}
+
+fn family(ip: &IpAddr) -> RtAddrFamily {
+    match ip {
+        IpAddr::V4(_) => RtAddrFamily::Inet,
+        IpAddr::V6(_) => RtAddrFamily::Inet6,
+    }
+}
+
+fn ip_bytes(ip: &IpAddr) -> Buffer {
+    match ip {
+        IpAddr::V4(a) => Buffer::from(a.octets().to_vec()),
+        IpAddr::V6(a) => Buffer::from(a.octets().to_vec()),
+    }
+}
+
+pub(crate) fn ip_from(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from([b[0], b[1], b[2], b[3]])),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            Some(IpAddr::from(a))
+        }
+        _ => None,
+    }
+}
+
+fn msg(index: u32, net: &IpNet, flags: u32) -> Result<Ifaddrmsg> {
+    let ip = net.addr();
+    let mut attrs = vec![attr(Ifa::Local, ip_bytes(&ip))?];
+    if ip.is_ipv4() {
+        // IFA_ADDRESS is the peer for point-to-point links; for ordinary ones the kernel
+        // wants it equal to IFA_LOCAL, as iproute2 sends it.
+        attrs.push(attr(Ifa::Address, ip_bytes(&ip))?);
+        if let IpNet::V4(n) = net {
+            if n.prefix_len() < 31 {
+                attrs.push(attr(Ifa::Broadcast, Buffer::from(n.broadcast().octets().to_vec()))?);
+            }
+        }
+    } else {
+        attrs.push(attr(Ifa::Address, ip_bytes(&ip))?);
+    }
+    if flags != 0 {
+        attrs.push(attr(Ifa::from(IFA_FLAGS), flags)?);
+    }
+    IfaddrmsgBuilder::default()
+        .ifa_family(family(&ip))
+        .ifa_prefixlen(net.prefix_len())
+        .ifa_flags(IfaF::from((flags & 0xff) as u8))
+        .ifa_scope(RtScope::Universe)
+        .ifa_index(index)
+        .rtattrs(RtBuffer::from_iter(attrs))
+        .build()
+        .map_err(|e| anyhow!("cannot build address message: {e}"))
+}
+
+impl Nl {
+    /// Add `net` to link `index`. `flags` are IFA_F_* (e.g. NODAD).
+    pub fn add_addr(&self, index: u32, net: &IpNet, flags: u32) -> Result<()> {
+        let m = msg(index, net, flags)?;
+        self.request(Rtm::Newaddr, NlmF::CREATE | NlmF::EXCL, m, || format!("failed to add IP addr {net} to ifindex {index}"))?;
+        Ok(())
+    }
+
+    pub fn del_addr(&self, index: u32, net: &IpNet) -> Result<()> {
+        let m = msg(index, net, 0)?;
+        self.request(Rtm::Deladdr, NlmF::empty(), m, || format!("failed to delete IP addr {net} from ifindex {index}"))?;
+        Ok(())
+    }
+
+    /// Addresses of link `index` (0 = all links), of one family or both (`None`).
+    pub fn addrs(&self, index: u32, v6: Option<bool>) -> Result<Vec<Addr>> {
+        let fam = match v6 {
+            None => RtAddrFamily::Unspecified,
+            Some(false) => RtAddrFamily::Inet,
+            Some(true) => RtAddrFamily::Inet6,
+        };
+        let req = IfaddrmsgBuilder::default()
+            .ifa_family(fam)
+            .ifa_prefixlen(0)
+            .ifa_scope(RtScope::Universe)
+            .ifa_index(index)
+            .build()
+            .map_err(|e| anyhow!("cannot build address dump: {e}"))?;
+        let v = self.request(Rtm::Getaddr, NlmF::DUMP, req, || "failed to list addresses".into())?;
+        let mut out = Vec::new();
+        for m in v {
+            if index != 0 && *m.ifa_index() != index {
+                continue;
+            }
+            let mut local = None;
+            let mut address = None;
+            let mut flags = u8::from(*m.ifa_flags()) as u32;
+            for a in m.rtattrs().iter() {
+                let p: &[u8] = a.rta_payload().as_ref();
+                match u16::from(*a.rta_type()) {
+                    t if t == u16::from(Ifa::Local) => local = ip_from(p),
+                    t if t == u16::from(Ifa::Address) => address = ip_from(p),
+                    IFA_FLAGS => flags = u32_of(p),
+                    _ => {}
+                }
+            }
+            let Some(ip) = local.or(address) else { continue };
+            let Ok(net) = IpNet::new(ip, *m.ifa_prefixlen()) else { continue };
+            out.push(Addr { index: *m.ifa_index(), net, scope: u8::from(*m.ifa_scope()), flags });
+        }
+        Ok(out)
+    }
+}

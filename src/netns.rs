@@ -1,0 +1,87 @@
+//! Network namespaces.
+//!
+//! cnibox is single-threaded, so `setns` moves the whole process. Most work never enters
+//! a namespace at all: a netlink socket stays bound to the netns it was opened in, so we
+//! open one socket inside the container (briefly entering it) and then drive it from the
+//! host. Only `/proc/sys/net` writes really need to run inside; [`with_netns`] does that
+//! and always switches back, on every exit path.
+
+use crate::error::{cni_err, Code};
+use anyhow::{Context, Result};
+use nix::sched::{setns, CloneFlags};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// An open network namespace (the file keeps it alive while we work).
+pub struct Netns {
+    pub path: String,
+    pub file: File,
+}
+
+/// Why a netns could not be opened: DEL treats "gone" as success.
+pub fn is_gone(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+impl Netns {
+    /// Open `path` and check that it really is a network namespace file (nsfs, or a
+    /// /proc/<pid>/ns/net link), like the reference's `IsNSorErr`.
+    pub fn open(path: &str) -> Result<Netns> {
+        let file = File::open(path).with_context(|| format!("failed to open netns {path:?}"))?;
+        let st = nix::sys::statfs::fstatfs(&file).with_context(|| format!("failed to statfs netns {path:?}"))?;
+        let magic = st.filesystem_type().0 as i64;
+        if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
+            return Err(cni_err(Code::InvalidConfig, format!("{path:?} is not a network namespace (fs magic {magic:#x})")));
+        }
+        Ok(Netns { path: path.to_string(), file })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<Netns> {
+        let path = "/proc/thread-self/ns/net";
+        let file = File::open(path).context("failed to open the current netns")?;
+        Ok(Netns { path: path.to_string(), file })
+    }
+
+    /// Run `f` inside this namespace and come back, whatever `f` returns.
+    pub fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _guard = Guard::enter(&self.file).with_context(|| format!("failed to enter netns {:?}", self.path))?;
+        f()
+    }
+}
+
+/// True if `file` is the calling thread's own network namespace.
+pub fn is_current(file: &File) -> Result<bool> {
+    let me = std::fs::metadata("/proc/thread-self/ns/net")?;
+    let other = file.metadata()?;
+    Ok(me.dev() == other.dev() && me.ino() == other.ino())
+}
+
+/// RAII switch into a netns; dropping it switches back.
+struct Guard {
+    origin: File,
+}
+
+impl Guard {
+    fn enter(target: &File) -> Result<Guard> {
+        let origin = File::open("/proc/thread-self/ns/net").context("failed to open the current netns")?;
+        setns(target, CloneFlags::CLONE_NEWNET)?;
+        Ok(Guard { origin })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.origin, CloneFlags::CLONE_NEWNET) {
+            // Carrying on in the wrong namespace would change the wrong host's network.
+            eprintln!("cnibox: fatal: cannot return to the original netns: {e}");
+            std::process::abort();
+        }
+    }
+}
