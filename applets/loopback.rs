@@ -13,7 +13,15 @@ use cnibox::netns::{self, Netns};
 pub const APPLET: Applet = Applet {
     name: "loopback",
     about: "bring up the loopback interface of a container",
-    kind: Kind::Plugin(Plugin { versions: ALL, cni_args: &[], add, del, check, gc: None, status: None }),
+    kind: Kind::Plugin(Plugin {
+        versions: ALL,
+        cni_args: None,
+        add,
+        del,
+        check,
+        gc: None,
+        status: None,
+    }),
 };
 
 fn add(ctx: &Ctx) -> Result<CniResult> {
@@ -44,7 +52,11 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
     };
     for v6 in [false, true] {
         if let Some(a) = addrs.iter().find(|a| a.net.addr().is_ipv6() == v6) {
-            r.ips.push(IpConfig { interface: Some(0), address: a.net, gateway: None });
+            r.ips.push(IpConfig {
+                interface: Some(0),
+                address: a.net,
+                gateway: None,
+            });
         }
     }
     Ok(r)

@@ -15,7 +15,9 @@ static APPLETS: &[Applet] = &[loopback::APPLET];
 
 fn main() {
     skel::register(APPLETS);
-    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     std::process::exit(dispatch(&argv));
 }
 
@@ -28,7 +30,11 @@ fn run_applet(applet: &Applet, args: &[String]) -> i32 {
 
 fn dispatch(argv: &[String]) -> i32 {
     let arg0 = argv.first().map(String::as_str).unwrap_or("cnibox");
-    let base = arg0.rsplit('/').next().unwrap_or(arg0).trim_start_matches('-');
+    let base = arg0
+        .rsplit('/')
+        .next()
+        .unwrap_or(arg0)
+        .trim_start_matches('-');
     if let Some(a) = skel::find_applet(base) {
         return run_applet(a, argv.get(1..).unwrap_or(&[]));
     }
@@ -46,11 +52,36 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
     let cmd = Command::new("cnibox")
         .about(about)
         .disable_version_flag(true)
-        .arg(Arg::new("version").long("version").short('V').action(ArgAction::SetTrue).help("print the version"))
-        .arg(Arg::new("applet").value_name("APPLET").help("run APPLET (same as running a link named APPLET)"))
-        .arg(Arg::new("list").long("list").action(ArgAction::SetTrue).help("list the applets, one per line"))
-        .arg(Arg::new("install").long("install").value_name("DIR").help("create a symlink in DIR for every applet"))
-        .arg(Arg::new("force").long("force").action(ArgAction::SetTrue).help("with --install: replace existing files"));
+        .arg(
+            Arg::new("version")
+                .long("version")
+                .short('V')
+                .action(ArgAction::SetTrue)
+                .help("print the version"),
+        )
+        .arg(
+            Arg::new("applet")
+                .value_name("APPLET")
+                .help("run APPLET (same as running a link named APPLET)"),
+        )
+        .arg(
+            Arg::new("list")
+                .long("list")
+                .action(ArgAction::SetTrue)
+                .help("list the applets, one per line"),
+        )
+        .arg(
+            Arg::new("install")
+                .long("install")
+                .value_name("DIR")
+                .help("create a symlink in DIR for every applet"),
+        )
+        .arg(
+            Arg::new("force")
+                .long("force")
+                .action(ArgAction::SetTrue)
+                .help("with --install: replace existing files"),
+        );
     let m = match cmd.try_get_matches_from(argv) {
         Ok(m) => m,
         Err(e) => {
@@ -98,7 +129,8 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
 /// forced.
 fn install(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     use anyhow::Context;
-    let exe = std::fs::read_link("/proc/self/exe").context("cannot find this binary (/proc/self/exe)")?;
+    let exe =
+        std::fs::read_link("/proc/self/exe").context("cannot find this binary (/proc/self/exe)")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut refused = Vec::new();
     for a in APPLETS {
@@ -117,12 +149,17 @@ fn install(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
         }
         let tmp = dir.join(format!(".{}.cnibox-tmp", a.name));
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&exe, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        std::fs::rename(&tmp, &link).with_context(|| format!("cannot install {}", link.display()))?;
+        std::os::unix::fs::symlink(&exe, &tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::rename(&tmp, &link)
+            .with_context(|| format!("cannot install {}", link.display()))?;
         println!("{} -> {}", link.display(), exe.display());
     }
     if !refused.is_empty() {
-        anyhow::bail!("not replacing existing files (use --force): {}", refused.join(", "));
+        anyhow::bail!(
+            "not replacing existing files (use --force): {}",
+            refused.join(", ")
+        );
     }
     Ok(())
 }

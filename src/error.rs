@@ -32,7 +32,11 @@ pub enum Code {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniError {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
@@ -126,6 +130,9 @@ mod tests {
     fn json_shape() {
         let c = CniError::new(Code::Decode, "bad").with_details("x");
         let v = serde_json::to_value(&c).unwrap();
-        assert_eq!(v, serde_json::json!({"code": 6, "msg": "bad", "details": "x"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"code": 6, "msg": "bad", "details": "x"})
+        );
     }
 }

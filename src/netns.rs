@@ -34,24 +34,35 @@ impl Netns {
     /// /proc/<pid>/ns/net link), like the reference's `IsNSorErr`.
     pub fn open(path: &str) -> Result<Netns> {
         let file = File::open(path).with_context(|| format!("failed to open netns {path:?}"))?;
-        let st = nix::sys::statfs::fstatfs(&file).with_context(|| format!("failed to statfs netns {path:?}"))?;
+        let st = nix::sys::statfs::fstatfs(&file)
+            .with_context(|| format!("failed to statfs netns {path:?}"))?;
         let magic = st.filesystem_type().0 as i64;
         if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
-            return Err(cni_err(Code::InvalidConfig, format!("{path:?} is not a network namespace (fs magic {magic:#x})")));
+            return Err(cni_err(
+                Code::InvalidConfig,
+                format!("{path:?} is not a network namespace (fs magic {magic:#x})"),
+            ));
         }
-        Ok(Netns { path: path.to_string(), file })
+        Ok(Netns {
+            path: path.to_string(),
+            file,
+        })
     }
 
     /// The namespace of the calling thread.
     pub fn current() -> Result<Netns> {
         let path = "/proc/thread-self/ns/net";
         let file = File::open(path).context("failed to open the current netns")?;
-        Ok(Netns { path: path.to_string(), file })
+        Ok(Netns {
+            path: path.to_string(),
+            file,
+        })
     }
 
     /// Run `f` inside this namespace and come back, whatever `f` returns.
     pub fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _guard = Guard::enter(&self.file).with_context(|| format!("failed to enter netns {:?}", self.path))?;
+        let _guard = Guard::enter(&self.file)
+            .with_context(|| format!("failed to enter netns {:?}", self.path))?;
         f()
     }
 }
@@ -70,7 +81,8 @@ struct Guard {
 
 impl Guard {
     fn enter(target: &File) -> Result<Guard> {
-        let origin = File::open("/proc/thread-self/ns/net").context("failed to open the current netns")?;
+        let origin =
+            File::open("/proc/thread-self/ns/net").context("failed to open the current netns")?;
         setns(target, CloneFlags::CLONE_NEWNET)?;
         Ok(Guard { origin })
     }

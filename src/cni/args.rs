@@ -28,7 +28,9 @@ impl CniArgs {
                 ignore_unknown = match v.to_ascii_lowercase().as_str() {
                     "1" | "true" => true,
                     "0" | "false" => false,
-                    _ => bail!("ARGS: error setting IgnoreUnknown to {v:?}: must be true/false/1/0"),
+                    _ => {
+                        bail!("ARGS: error setting IgnoreUnknown to {v:?}: must be true/false/1/0")
+                    }
                 };
                 continue;
             }
@@ -46,14 +48,21 @@ impl CniArgs {
 
     /// The value of `key` (the last one if repeated).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// The lenient splitter the dhcp plugin uses: split on the first `=`, keep everything.
 pub fn parse_lenient(raw: &str) -> Vec<(String, String)> {
     raw.split(';')
-        .filter_map(|seg| seg.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|seg| {
+            seg.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -92,6 +101,9 @@ mod tests {
 
     #[test]
     fn lenient() {
-        assert_eq!(parse_lenient("a=b=c;x"), vec![("a".to_string(), "b=c".to_string())]);
+        assert_eq!(
+            parse_lenient("a=b=c;x"),
+            vec![("a".to_string(), "b=c".to_string())]
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! object's keys to the canonical spelling first. Everything else is delegated to
 //! `serde_json::Value`'s own deserializer, so type errors read the same.
 
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{Map, Value};
 
 /// Deserialize `T` from `v` with Go-style case-insensitive field matching.
@@ -139,14 +141,20 @@ struct CiMap {
 
 impl CiMap {
     fn new(m: Map<String, Value>) -> Self {
-        CiMap { iter: m.into_iter(), value: None }
+        CiMap {
+            iter: m.into_iter(),
+            value: None,
+        }
     }
 }
 
 impl<'de> MapAccess<'de> for CiMap {
     type Error = serde_json::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
         match self.iter.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -156,7 +164,10 @@ impl<'de> MapAccess<'de> for CiMap {
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         let v = self.value.take().unwrap_or(Value::Null);
         seed.deserialize(Ci(v))
     }
@@ -167,7 +178,10 @@ struct CiSeq(std::vec::IntoIter<Value>);
 impl<'de> SeqAccess<'de> for CiSeq {
     type Error = serde_json::Error;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
         match self.0.next() {
             Some(v) => seed.deserialize(Ci(v)).map(Some),
             None => Ok(None),

@@ -56,7 +56,10 @@ impl Env for OverrideEnv {
 }
 
 fn is_self(path: &PathBuf) -> bool {
-    match (std::fs::canonicalize(path), std::fs::canonicalize("/proc/self/exe")) {
+    match (
+        std::fs::canonicalize(path),
+        std::fs::canonicalize("/proc/self/exe"),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
@@ -67,7 +70,11 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
     if std::env::var_os("CNIBOX_NO_INPROCESS").is_none() && is_self(&path) {
         if let Some(Kind::Plugin(p)) = skel::find_applet(name).map(|a| &a.kind) {
             let out = skel::run(name, p, &OverrideEnv(cmd), &mut ctx.stdin.as_slice());
-            return Ok(Output { exit_ok: out.exit == 0, stdout: out.stdout, stderr: out.stderr });
+            return Ok(Output {
+                exit_ok: out.exit == 0,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            });
         }
     }
     exec(&path, ctx, cmd)
@@ -90,14 +97,22 @@ fn exec(path: &PathBuf, ctx: &Ctx, cmd: Command) -> Result<Output> {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("failed to run plugin {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to run plugin {}", path.display()))
+            }
         };
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin that exits without reading its stdin is not our error.
             let _ = stdin.write_all(&ctx.stdin);
         }
-        let out = child.wait_with_output().with_context(|| format!("failed to wait for plugin {}", path.display()))?;
-        return Ok(Output { exit_ok: out.status.success(), stdout: out.stdout, stderr: out.stderr });
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("failed to wait for plugin {}", path.display()))?;
+        return Ok(Output {
+            exit_ok: out.status.success(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        });
     }
 }
 
@@ -111,13 +126,19 @@ fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
     }
     if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(anyhow!(CniError::new(Code::Internal, format!("netplugin failed: {msg:?}"))));
+        return Err(anyhow!(CniError::new(
+            Code::Internal,
+            format!("netplugin failed: {msg:?}")
+        )));
     }
     match serde_json::from_slice::<CniError>(&out.stdout) {
         Ok(e) => Err(anyhow!(e)),
         Err(_) => Err(anyhow!(CniError::new(
             Code::Internal,
-            format!("netplugin failed but error parsing its diagnostic message {:?}", String::from_utf8_lossy(&out.stdout))
+            format!(
+                "netplugin failed but error parsing its diagnostic message {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         ))),
     }
 }
@@ -127,7 +148,8 @@ pub fn add(ctx: &Ctx, name: &str) -> Result<CniResult> {
     let stdout = call(ctx, name, Command::Add)?;
     let v: serde_json::Value = serde_json::from_slice(&stdout)
         .map_err(|e| anyhow!("failed to parse the result of IPAM plugin {name:?}: {e}"))?;
-    CniResult::parse_any(&v, ctx.version()).with_context(|| format!("invalid result from IPAM plugin {name:?}"))
+    CniResult::parse_any(&v, ctx.version())
+        .with_context(|| format!("invalid result from IPAM plugin {name:?}"))
 }
 
 pub fn del(ctx: &Ctx, name: &str) -> Result<()> {

@@ -13,8 +13,10 @@
 
 use crate::cni::args::CniArgs;
 use crate::cni::decode;
-use crate::cni::types::{shape_of, to_pretty, version_at_least, CniResult, ALL_VERSIONS, CURRENT_VERSION};
-use crate::error::{cni_err, Code, CniError};
+use crate::cni::types::{
+    shape_of, to_pretty, version_at_least, CniResult, ALL_VERSIONS, CURRENT_VERSION,
+};
+use crate::error::{cni_err, CniError, Code};
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -65,8 +67,9 @@ impl Command {
 pub struct Plugin {
     /// Versions this plugin accepts, oldest first.
     pub versions: &'static [&'static str],
-    /// `CNI_ARGS` keys the plugin understands (besides `IgnoreUnknown`).
-    pub cni_args: &'static [&'static str],
+    /// `CNI_ARGS` keys the plugin understands (besides `IgnoreUnknown`); `None` for
+    /// plugins that ignore `CNI_ARGS` entirely, as their reference counterparts do.
+    pub cni_args: Option<&'static [&'static str]>,
     pub add: fn(&Ctx) -> Result<CniResult>,
     pub del: fn(&Ctx) -> Result<()>,
     pub check: fn(&Ctx) -> Result<()>,
@@ -131,7 +134,10 @@ pub struct IpamType {
 
 impl NetConf {
     pub fn ipam_type(&self) -> &str {
-        self.ipam.as_ref().map(|i| i.plugin_type.as_str()).unwrap_or("")
+        self.ipam
+            .as_ref()
+            .map(|i| i.plugin_type.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -187,7 +193,10 @@ impl Ctx {
     pub fn valid_attachments(&self) -> Result<Vec<(String, String)>> {
         let obj = self.raw.as_object();
         let list = obj
-            .and_then(|o| o.get("cni.dev/valid-attachments").or_else(|| o.get("cni.dev/attachments")))
+            .and_then(|o| {
+                o.get("cni.dev/valid-attachments")
+                    .or_else(|| o.get("cni.dev/attachments"))
+            })
             .cloned()
             .unwrap_or(Value::Array(vec![]));
         #[derive(serde::Deserialize)]
@@ -197,9 +206,16 @@ impl Ctx {
             #[serde(default)]
             ifname: String,
         }
-        let atts: Vec<Att> = decode::from_value(list)
-            .map_err(|e| cni_err(Code::Decode, format!("invalid cni.dev/valid-attachments: {e}")))?;
-        Ok(atts.into_iter().map(|a| (a.container_id, a.ifname)).collect())
+        let atts: Vec<Att> = decode::from_value(list).map_err(|e| {
+            cni_err(
+                Code::Decode,
+                format!("invalid cni.dev/valid-attachments: {e}"),
+            )
+        })?;
+        Ok(atts
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect())
     }
 
     /// The same call for another plugin (a delegate), with the command overridden.
@@ -244,23 +260,38 @@ fn valid_name(s: &str) -> bool {
 
 fn validate_container_id(id: &str) -> Result<()> {
     if !valid_name(id) {
-        return Err(CniError::new(Code::InvalidEnv, "invalid characters in containerID").with_details(id).into());
+        return Err(
+            CniError::new(Code::InvalidEnv, "invalid characters in containerID")
+                .with_details(id)
+                .into(),
+        );
     }
     Ok(())
 }
 
 fn validate_ifname(name: &str) -> Result<()> {
     let err = |msg: &str, details: &str| -> Result<()> {
-        Err(CniError::new(Code::InvalidEnv, msg).with_details(details).into())
+        Err(CniError::new(Code::InvalidEnv, msg)
+            .with_details(details)
+            .into())
     };
     if name.len() > 15 {
-        return err("interface name is too long", "interface name should be less than 16 characters");
+        return err(
+            "interface name is too long",
+            "interface name should be less than 16 characters",
+        );
     }
     if name == "." || name == ".." {
         return err("interface name is . or ..", "");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return err("interface name contains / or : or whitespace characters", "");
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return err(
+            "interface name contains / or : or whitespace characters",
+            "",
+        );
     }
     Ok(())
 }
@@ -283,7 +314,11 @@ pub fn plugin_main(name: &str, plugin: &Plugin) -> i32 {
 }
 
 pub fn run(name: &str, plugin: &Plugin, env: &dyn Env, stdin: &mut dyn Read) -> Outcome {
-    let mut out = Outcome { stdout: Vec::new(), stderr: Vec::new(), exit: 0 };
+    let mut out = Outcome {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        exit: 0,
+    };
     let mut version_for_errors = String::new();
     match dispatch(name, plugin, env, stdin, &mut out, &mut version_for_errors) {
         Ok(()) => {}
@@ -292,7 +327,8 @@ pub fn run(name: &str, plugin: &Plugin, env: &dyn Env, stdin: &mut dyn Read) -> 
             if shape_of(&version_for_errors).is_some() && !version_for_errors.is_empty() {
                 ce.cni_version = version_for_errors;
             }
-            let v = serde_json::to_value(&ce).unwrap_or_else(|_| json!({"code": 999, "msg": "error"}));
+            let v =
+                serde_json::to_value(&ce).unwrap_or_else(|_| json!({"code": 999, "msg": "error"}));
             out.stdout = to_pretty(&v);
             out.exit = 1;
         }
@@ -311,8 +347,16 @@ fn dispatch(
     let cmd_s = env.var("CNI_COMMAND");
     if cmd_s.is_empty() {
         // No command: print the about text, exactly as the reference skel does.
-        let _ = writeln!(out.stderr, "CNI {name} plugin cnibox v{}", env!("CARGO_PKG_VERSION"));
-        let _ = writeln!(out.stderr, "CNI protocol versions supported: {}", plugin.versions.join(", "));
+        let _ = writeln!(
+            out.stderr,
+            "CNI {name} plugin cnibox v{}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out.stderr,
+            "CNI protocol versions supported: {}",
+            plugin.versions.join(", ")
+        );
         return Ok(());
     }
     let cmd = Command::parse(&cmd_s);
@@ -347,10 +391,16 @@ fn dispatch(
     let args = get("CNI_ARGS", None)?;
     let path = get("CNI_PATH", None)?;
     if !missing.is_empty() {
-        return Err(cni_err(Code::InvalidEnv, format!("required env variables [{}] missing", missing.join(","))));
+        return Err(cni_err(
+            Code::InvalidEnv,
+            format!("required env variables [{}] missing", missing.join(",")),
+        ));
     }
     let Some(cmd) = cmd else {
-        return Err(cni_err(Code::InvalidEnv, format!("unknown CNI_COMMAND: {cmd_s}")));
+        return Err(cni_err(
+            Code::InvalidEnv,
+            format!("unknown CNI_COMMAND: {cmd_s}"),
+        ));
     };
 
     let mut stdin_data = Vec::new();
@@ -359,25 +409,44 @@ fn dispatch(
         .read_to_end(&mut stdin_data)
         .map_err(|e| cni_err(Code::Io, format!("error reading from stdin: {e}")))?;
     if stdin_data.len() as u64 > MAX_STDIN {
-        return Err(cni_err(Code::Io, format!("error reading from stdin: config larger than {MAX_STDIN} bytes")));
+        return Err(cni_err(
+            Code::Io,
+            format!("error reading from stdin: config larger than {MAX_STDIN} bytes"),
+        ));
     }
 
     if cmd == Command::Version {
         return version_reply(plugin, &stdin_data, out);
     }
 
-    let raw: Value = serde_json::from_slice(&stdin_data)
-        .map_err(|e| cni_err(Code::Decode, format!("error unmarshall network config: {e}")))?;
+    let raw: Value = serde_json::from_slice(&stdin_data).map_err(|e| {
+        cni_err(
+            Code::Decode,
+            format!("error unmarshall network config: {e}"),
+        )
+    })?;
     if !raw.is_object() {
-        return Err(cni_err(Code::Decode, "error unmarshall network config: the config must be a JSON object"));
+        return Err(cni_err(
+            Code::Decode,
+            "error unmarshall network config: the config must be a JSON object",
+        ));
     }
-    let conf: NetConf = decode::from_value(raw.clone())
-        .map_err(|e| cni_err(Code::Decode, format!("error unmarshall network config: {e}")))?;
+    let conf: NetConf = decode::from_value(raw.clone()).map_err(|e| {
+        cni_err(
+            Code::Decode,
+            format!("error unmarshall network config: {e}"),
+        )
+    })?;
     if conf.name.is_empty() {
         return Err(cni_err(Code::InvalidConfig, "missing network name"));
     }
     if !valid_name(&conf.name) {
-        return Err(CniError::new(Code::InvalidConfig, "invalid characters found in network name").with_details(&conf.name).into());
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "invalid characters found in network name",
+        )
+        .with_details(&conf.name)
+        .into());
     }
     let mut conf = conf;
     if conf.cni_version.is_empty() {
@@ -393,23 +462,32 @@ fn dispatch(
     };
     if let Some(min) = min {
         if !version_at_least(&version, min)? {
-            return Err(cni_err(Code::IncompatibleVersion, format!("config version does not allow {}", cmd.as_str())));
+            return Err(cni_err(
+                Code::IncompatibleVersion,
+                format!("config version does not allow {}", cmd.as_str()),
+            ));
         }
     }
     if !plugin.versions.contains(&version.as_str()) {
-        return Err(CniError::new(Code::IncompatibleVersion, "incompatible CNI versions")
-            .with_details(format!("config is {version:?}, plugin supports {:?}", plugin.versions))
-            .into());
+        return Err(
+            CniError::new(Code::IncompatibleVersion, "incompatible CNI versions")
+                .with_details(format!(
+                    "config is {version:?}, plugin supports {:?}",
+                    plugin.versions
+                ))
+                .into(),
+        );
     }
 
     if matches!(cmd, Command::Add | Command::Del) {
         check_not_own_netns(&netns, &env.var("CNI_NETNS_OVERRIDE"))?;
     }
 
-    let cni_args = if matches!(cmd, Command::Add | Command::Del | Command::Check) {
-        CniArgs::parse(&args, plugin.cni_args)?
-    } else {
-        CniArgs::default()
+    let cni_args = match plugin.cni_args {
+        Some(keys) if matches!(cmd, Command::Add | Command::Del | Command::Check) => {
+            CniArgs::parse(&args, keys)?
+        }
+        _ => CniArgs::default(),
     };
     let ctx = Ctx {
         plugin_name: name.to_string(),
@@ -465,7 +543,11 @@ fn version_reply(plugin: &Plugin, stdin: &[u8], out: &mut Outcome) -> Result<()>
     // The spec: echo the requested version. With no readable request, say ours.
     let requested = serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| CURRENT_VERSION.to_string());
     let v = json!({"cniVersion": requested, "supportedVersions": plugin.versions});
@@ -481,9 +563,14 @@ fn check_not_own_netns(netns: &str, override_var: &str) -> Result<()> {
     if override_var == "1" || override_var.eq_ignore_ascii_case("true") || netns.is_empty() {
         return Ok(());
     }
-    let Ok(target) = std::fs::File::open(netns) else { return Ok(()) };
+    let Ok(target) = std::fs::File::open(netns) else {
+        return Ok(());
+    };
     if crate::netns::is_current(&target).unwrap_or(false) {
-        return Err(cni_err(Code::InvalidNetns, "plugin's netns and netns from CNI_NETNS should not be the same"));
+        return Err(cni_err(
+            Code::InvalidNetns,
+            "plugin's netns and netns from CNI_NETNS should not be the same",
+        ));
     }
     Ok(())
 }
@@ -491,12 +578,609 @@ fn check_not_own_netns(netns: &str, override_var: &str) -> Result<()> {
 /// All versions, for plugins that accept every one.
 pub const ALL: &[&str] = ALL_VERSIONS;
 
-/// Object helpers for applets that need to peek into raw config.
-pub fn obj(v: &Value) -> Option<&Map<String, Value>> {
-    v.as_object()
-}
+#[cfg(test)]
+mod tests {
+    //! The harness against malformed input: every case must produce the right code and
+    //! a parseable error object, never a panic.
+    use super::*;
+    use crate::cni::types::IpConfig;
+    use std::collections::HashMap;
 
-/// Decode a `serde_json::Value` fragment with context (used for `ipam` sections etc.).
-pub fn decode_part<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T> {
-    decode::from_value(v.clone()).map_err(|e| cni_err(Code::Decode, format!("failed to load {what}: {e}"))).context(what.to_string())
+    struct MapEnv(HashMap<String, String>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> String {
+            self.0.get(name).cloned().unwrap_or_default()
+        }
+    }
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct TestConf {
+        #[allow(dead_code)]
+        mtu: u32,
+    }
+
+    fn add(ctx: &Ctx) -> Result<CniResult> {
+        let _: TestConf = ctx.decode()?;
+        let _ = ctx.prev_result()?;
+        Ok(CniResult {
+            cni_version: ctx.version().into(),
+            ips: vec![IpConfig {
+                interface: None,
+                address: "10.0.0.2/24".parse()?,
+                gateway: None,
+            }],
+            ..Default::default()
+        })
+    }
+    fn ok(_: &Ctx) -> Result<()> {
+        Ok(())
+    }
+    fn gc(ctx: &Ctx) -> Result<()> {
+        ctx.valid_attachments().map(|_| ())
+    }
+
+    const PLUGIN: Plugin = Plugin {
+        versions: ALL,
+        cni_args: Some(&["IP"]),
+        add,
+        del: ok,
+        check: ok,
+        gc: Some(gc),
+        status: None,
+    };
+
+    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"net1","type":"test"}"#;
+
+    fn env(cmd: &str) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        for (k, v) in [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "ctr1"),
+            ("CNI_NETNS", "/nonexistent/netns"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ] {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+
+    fn run_with(e: HashMap<String, String>, stdin: &[u8]) -> Outcome {
+        run("test", &PLUGIN, &MapEnv(e), &mut &stdin[..])
+    }
+
+    /// (what, env, stdin, code, msg fragment)
+    fn cases() -> Vec<(
+        &'static str,
+        HashMap<String, String>,
+        Vec<u8>,
+        u64,
+        &'static str,
+    )> {
+        let conf = CONF.as_bytes().to_vec();
+        let with = |cmd: &str, k: &str, v: &str| {
+            let mut e = env(cmd);
+            if v.is_empty() {
+                e.remove(k);
+            } else {
+                e.insert(k.into(), v.into());
+            }
+            e
+        };
+        let c = |s: &str| s.as_bytes().to_vec();
+        let mut big = b"{\"name\":\"n\",\"x\":\"".to_vec();
+        big.resize(MAX_STDIN as usize + 10, b'a');
+        vec![
+            (
+                "unknown command",
+                with("FOO", "", ""),
+                conf.clone(),
+                4,
+                "unknown CNI_COMMAND: FOO",
+            ),
+            (
+                "lower-case command",
+                with("add", "", ""),
+                conf.clone(),
+                4,
+                "unknown CNI_COMMAND: add",
+            ),
+            (
+                "ADD missing all",
+                HashMap::from([("CNI_COMMAND".into(), "ADD".into())]),
+                conf.clone(),
+                4,
+                "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing",
+            ),
+            (
+                "ADD missing netns",
+                with("ADD", "CNI_NETNS", ""),
+                conf.clone(),
+                4,
+                "[CNI_NETNS] missing",
+            ),
+            (
+                "CHECK missing netns",
+                with("CHECK", "CNI_NETNS", ""),
+                conf.clone(),
+                4,
+                "[CNI_NETNS] missing",
+            ),
+            (
+                "DEL missing ifname",
+                with("DEL", "CNI_IFNAME", ""),
+                conf.clone(),
+                4,
+                "[CNI_IFNAME] missing",
+            ),
+            (
+                "CHECK missing id",
+                with("CHECK", "CNI_CONTAINERID", ""),
+                conf.clone(),
+                4,
+                "[CNI_CONTAINERID] missing",
+            ),
+            (
+                "GC missing path",
+                with("GC", "CNI_PATH", ""),
+                conf.clone(),
+                4,
+                "[CNI_PATH] missing",
+            ),
+            (
+                "id leading dash",
+                with("ADD", "CNI_CONTAINERID", "-abc"),
+                conf.clone(),
+                4,
+                "invalid characters in containerID",
+            ),
+            (
+                "id with space",
+                with("ADD", "CNI_CONTAINERID", "a b"),
+                conf.clone(),
+                4,
+                "invalid characters in containerID",
+            ),
+            (
+                "id with slash",
+                with("DEL", "CNI_CONTAINERID", "a/b"),
+                conf.clone(),
+                4,
+                "invalid characters in containerID",
+            ),
+            (
+                "id with unicode",
+                with("ADD", "CNI_CONTAINERID", "ctr\u{e9}"),
+                conf.clone(),
+                4,
+                "invalid characters in containerID",
+            ),
+            (
+                "ifname too long",
+                with("ADD", "CNI_IFNAME", "abcdefghijklmnop"),
+                conf.clone(),
+                4,
+                "interface name is too long",
+            ),
+            (
+                "ifname dot",
+                with("ADD", "CNI_IFNAME", "."),
+                conf.clone(),
+                4,
+                "interface name is . or ..",
+            ),
+            (
+                "ifname dotdot",
+                with("DEL", "CNI_IFNAME", ".."),
+                conf.clone(),
+                4,
+                "interface name is . or ..",
+            ),
+            (
+                "ifname slash",
+                with("ADD", "CNI_IFNAME", "a/b"),
+                conf.clone(),
+                4,
+                "contains / or : or whitespace",
+            ),
+            (
+                "ifname colon",
+                with("ADD", "CNI_IFNAME", "eth0:1"),
+                conf.clone(),
+                4,
+                "contains / or : or whitespace",
+            ),
+            (
+                "ifname space",
+                with("CHECK", "CNI_IFNAME", "et h"),
+                conf.clone(),
+                4,
+                "contains / or : or whitespace",
+            ),
+            (
+                "ifname tab",
+                with("ADD", "CNI_IFNAME", "et\th"),
+                conf.clone(),
+                4,
+                "contains / or : or whitespace",
+            ),
+            (
+                "bad id wins over missing",
+                {
+                    let mut e = with("ADD", "CNI_CONTAINERID", "!x");
+                    e.remove("CNI_NETNS");
+                    e
+                },
+                conf.clone(),
+                4,
+                "invalid characters in containerID",
+            ),
+            (
+                "empty stdin",
+                env("ADD"),
+                vec![],
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "truncated json",
+                env("ADD"),
+                c("{"),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "json array",
+                env("ADD"),
+                c("[]"),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "json null",
+                env("DEL"),
+                c("null"),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "json number",
+                env("ADD"),
+                c("42"),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "json string",
+                env("ADD"),
+                c("\"x\""),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "not utf-8",
+                env("ADD"),
+                vec![b'{', 0xff, 0xfe, b'}'],
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "trailing garbage",
+                env("ADD"),
+                c(r#"{"name":"n"} x"#),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "name missing",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0"}"#),
+                7,
+                "missing network name",
+            ),
+            (
+                "name empty",
+                env("DEL"),
+                c(r#"{"cniVersion":"1.0.0","name":""}"#),
+                7,
+                "missing network name",
+            ),
+            (
+                "name with space",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":"a b"}"#),
+                7,
+                "invalid characters found in network name",
+            ),
+            (
+                "name escapes dir",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":"../etc"}"#),
+                7,
+                "invalid characters found in network name",
+            ),
+            (
+                "name is a number",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":5}"#),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "version is a number",
+                env("ADD"),
+                c(r#"{"cniVersion":1,"name":"n"}"#),
+                6,
+                "error unmarshall network config",
+            ),
+            (
+                "version unknown",
+                env("ADD"),
+                c(r#"{"cniVersion":"9.9.9","name":"n"}"#),
+                1,
+                "incompatible CNI versions",
+            ),
+            (
+                "version garbage",
+                env("DEL"),
+                c(r#"{"cniVersion":"abc","name":"n"}"#),
+                1,
+                "incompatible CNI versions",
+            ),
+            (
+                "version with v",
+                env("ADD"),
+                c(r#"{"cniVersion":"v1.0.0","name":"n"}"#),
+                1,
+                "incompatible CNI versions",
+            ),
+            (
+                "CHECK too old",
+                env("CHECK"),
+                c(r#"{"cniVersion":"0.3.1","name":"n"}"#),
+                1,
+                "config version does not allow CHECK",
+            ),
+            (
+                "CHECK no version",
+                env("CHECK"),
+                c(r#"{"name":"n"}"#),
+                1,
+                "config version does not allow CHECK",
+            ),
+            (
+                "CHECK garbage version",
+                env("CHECK"),
+                c(r#"{"cniVersion":"x.y","name":"n"}"#),
+                6,
+                "failed to convert major",
+            ),
+            (
+                "GC too old",
+                env("GC"),
+                c(r#"{"cniVersion":"1.0.0","name":"n"}"#),
+                1,
+                "config version does not allow GC",
+            ),
+            (
+                "STATUS too old",
+                env("STATUS"),
+                c(r#"{"cniVersion":"0.4.0","name":"n"}"#),
+                1,
+                "config version does not allow STATUS",
+            ),
+            ("oversized stdin", env("ADD"), big, 5, "config larger than"),
+            (
+                "args triple",
+                with("ADD", "CNI_ARGS", "A=B=C"),
+                conf.clone(),
+                999,
+                "ARGS: invalid pair",
+            ),
+            (
+                "args unknown",
+                with("ADD", "CNI_ARGS", "FOO=1"),
+                conf.clone(),
+                999,
+                "ARGS: unknown args",
+            ),
+            (
+                "args bad ignore",
+                with("ADD", "CNI_ARGS", "IgnoreUnknown=maybe;FOO=1"),
+                conf.clone(),
+                999,
+                "IgnoreUnknown",
+            ),
+            (
+                "args empty pair",
+                with("DEL", "CNI_ARGS", "IP=1;;"),
+                conf.clone(),
+                999,
+                "ARGS: invalid pair",
+            ),
+            (
+                "args trailing semicolon",
+                with("ADD", "CNI_ARGS", "IP=1;"),
+                conf.clone(),
+                999,
+                "ARGS: invalid pair",
+            ),
+            (
+                "args lower-case key",
+                with("CHECK", "CNI_ARGS", "ip=10.0.0.2"),
+                c(r#"{"cniVersion":"1.0.0","name":"n"}"#),
+                999,
+                "ARGS: unknown args",
+            ),
+            (
+                "args no equals",
+                with("ADD", "CNI_ARGS", "IP"),
+                conf.clone(),
+                999,
+                "ARGS: invalid pair",
+            ),
+            (
+                "prevResult other shape",
+                env("ADD"),
+                c(
+                    r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"0.4.0","ips":[]}}"#,
+                ),
+                6,
+                "failed to parse prevResult",
+            ),
+            (
+                "prevResult not object",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":"n","prevResult":[1]}"#),
+                6,
+                "failed to parse prevResult",
+            ),
+            (
+                "prevResult bad address",
+                env("ADD"),
+                c(
+                    r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.300/24"}]}}"#,
+                ),
+                6,
+                "invalid CIDR",
+            ),
+            (
+                "mtu as string",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":"n","mtu":"1500"}"#),
+                6,
+                "failed to load netconf",
+            ),
+            (
+                "mtu negative",
+                env("ADD"),
+                c(r#"{"cniVersion":"1.0.0","name":"n","MTU":-1}"#),
+                6,
+                "failed to load netconf",
+            ),
+            (
+                "gc attachments not a list",
+                env("GC"),
+                c(r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":{"a":1}}"#),
+                6,
+                "valid-attachments",
+            ),
+            (
+                "gc attachment without id",
+                env("GC"),
+                c(
+                    r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"ifname":"eth0"}]}"#,
+                ),
+                6,
+                "valid-attachments",
+            ),
+            (
+                "own netns",
+                with("ADD", "CNI_NETNS", "/proc/self/ns/net"),
+                conf.clone(),
+                8,
+                "should not be the same",
+            ),
+        ]
+    }
+
+    #[test]
+    fn malformed_inputs_get_the_right_code() {
+        let cases = cases();
+        assert!(cases.len() >= 40);
+        for (what, e, stdin, code, msg) in cases {
+            if code == 0 {
+                continue;
+            }
+            let out = run_with(e, &stdin);
+            assert_eq!(out.exit, 1, "{what}: exit status");
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|err| panic!("{what}: stdout is not JSON: {err}"));
+            assert_eq!(v["code"], code, "{what}: {v}");
+            let m = format!(
+                "{} {}",
+                v["msg"].as_str().unwrap_or(""),
+                v["details"].as_str().unwrap_or("")
+            );
+            assert!(m.contains(msg), "{what}: {m:?} lacks {msg:?}");
+        }
+    }
+
+    #[test]
+    fn no_command_prints_about() {
+        let out = run_with(HashMap::new(), b"");
+        assert_eq!(out.exit, 0);
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CNI test plugin"), "{err}");
+        assert!(
+            err.contains("CNI protocol versions supported: 0.1.0, 0.2.0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn version_echoes_request() {
+        let out = run_with(env("VERSION"), br#"{"cniVersion":"0.4.0"}"#);
+        assert_eq!(out.exit, 0);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "{\"cniVersion\":\"0.4.0\",\"supportedVersions\":[\"0.1.0\",\"0.2.0\",\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n"
+        );
+        let out = run_with(
+            HashMap::from([("CNI_COMMAND".into(), "VERSION".into())]),
+            b"garbage",
+        );
+        assert_eq!(out.exit, 0);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"cniVersion\":\"1.1.0\""));
+    }
+
+    #[test]
+    fn results_follow_the_requested_version() {
+        for ver in ALL {
+            let conf = format!(r#"{{"cniVersion":"{ver}","name":"n"}}"#);
+            let out = run_with(env("ADD"), conf.as_bytes());
+            assert_eq!(out.exit, 0, "{ver}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["cniVersion"], *ver);
+            match shape_of(ver) {
+                Some(crate::cni::types::Shape::V02) => assert_eq!(v["ip4"]["ip"], "10.0.0.2/24"),
+                Some(crate::cni::types::Shape::V04) => assert_eq!(v["ips"][0]["version"], "4"),
+                _ => assert!(v["ips"][0].get("version").is_none()),
+            }
+        }
+        // No cniVersion means 0.1.0.
+        let out = run_with(env("ADD"), br#"{"name":"n"}"#);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cniVersion"], "0.1.0");
+    }
+
+    #[test]
+    fn gc_and_status_without_handler_succeed_silently() {
+        let out = run_with(env("STATUS"), br#"{"cniVersion":"1.1.0","name":"n"}"#);
+        assert_eq!((out.exit, out.stdout.len()), (0, 0));
+        let out = run_with(env("GC"), br#"{"cniVersion":"1.1.0","name":"n","cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#);
+        assert_eq!((out.exit, out.stdout.len()), (0, 0));
+    }
+
+    #[test]
+    fn own_netns_can_be_overridden() {
+        let mut e = env("DEL");
+        e.insert("CNI_NETNS".into(), "/proc/self/ns/net".into());
+        e.insert("CNI_NETNS_OVERRIDE".into(), "TRUE".into());
+        assert_eq!(run_with(e, CONF.as_bytes()).exit, 0);
+    }
+
+    #[test]
+    fn errors_carry_the_config_version() {
+        let out = run_with(with_args("FOO=1"), CONF.as_bytes());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        fn with_args(a: &str) -> HashMap<String, String> {
+            let mut e = env("ADD");
+            e.insert("CNI_ARGS".into(), a.into());
+            e
+        }
+    }
 }

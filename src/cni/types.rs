@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 
 /// Every spec version cnibox accepts and answers in, oldest first.
-pub const ALL_VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const ALL_VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The version cnibox itself implements.
 pub const CURRENT_VERSION: &str = "1.1.0";
@@ -92,7 +94,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Route {
-        Route { dst, gw, mtu: 0, advmss: 0, priority: 0, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: 0,
+            advmss: 0,
+            priority: 0,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -111,7 +121,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_empty()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -159,7 +172,8 @@ fn get_list<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a [Value]> 
 }
 
 fn as_obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>> {
-    v.as_object().ok_or_else(|| anyhow!("{what}: expected an object, got {v}"))
+    v.as_object()
+        .ok_or_else(|| anyhow!("{what}: expected an object, got {v}"))
 }
 
 /// Parse an IP as Go's net.ParseIP does for JSON (empty = unset).
@@ -174,7 +188,8 @@ pub fn parse_ip_opt(s: &str) -> Result<Option<IpAddr>> {
 
 /// Parse "ip/len", keeping host bits, as Go's ParseCIDR-based IPNet does.
 pub fn parse_cidr(s: &str) -> Result<IpNet> {
-    s.parse::<IpNet>().map_err(|_| anyhow!("invalid CIDR address: {s}"))
+    s.parse::<IpNet>()
+        .map_err(|_| anyhow!("invalid CIDR address: {s}"))
 }
 
 fn parse_route(v: &Value) -> Result<Route> {
@@ -215,7 +230,11 @@ impl CniResult {
     /// Parse a result JSON of the given shape. `version` is the label it gets.
     pub fn parse_shape(v: &Value, shape: Shape, version: &str) -> Result<CniResult> {
         let o = as_obj(v, "result")?;
-        let mut r = CniResult { cni_version: version.to_string(), dns: parse_dns(o)?, ..Default::default() };
+        let mut r = CniResult {
+            cni_version: version.to_string(),
+            dns: parse_dns(o)?,
+            ..Default::default()
+        };
         match shape {
             Shape::V02 => {
                 for key in ["ip4", "ip6"] {
@@ -239,7 +258,8 @@ impl CniResult {
                     r.interfaces.push(Interface {
                         name: get_str(io, "name")?,
                         mac: get_str(io, "mac")?,
-                        mtu: u32::try_from(mtu).map_err(|_| anyhow!("invalid interface mtu {mtu}"))?,
+                        mtu: u32::try_from(mtu)
+                            .map_err(|_| anyhow!("invalid interface mtu {mtu}"))?,
                         sandbox: get_str(io, "sandbox")?,
                         socket_path: get_str(io, "socketPath")?,
                         pci_id: get_str(io, "pciID")?,
@@ -263,7 +283,8 @@ impl CniResult {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => assumed_version.to_string(),
         };
-        let shape = shape_of(&version).ok_or_else(|| anyhow!("unsupported result cniVersion {version:?}"))?;
+        let shape = shape_of(&version)
+            .ok_or_else(|| anyhow!("unsupported result cniVersion {version:?}"))?;
         CniResult::parse_shape(v, shape, &version)
     }
 
@@ -271,22 +292,33 @@ impl CniResult {
     /// the shape, and a prevResult labelled with a version of another shape is refused
     /// (its fields would be misread). Same-shape labels are relabelled to the config's.
     pub fn parse_prev(v: &Value, conf_version: &str) -> Result<CniResult> {
-        let shape = shape_of(conf_version).ok_or_else(|| anyhow!("unsupported cniVersion {conf_version:?}"))?;
+        let shape = shape_of(conf_version)
+            .ok_or_else(|| anyhow!("unsupported cniVersion {conf_version:?}"))?;
         if let Some(Value::String(s)) = v.get("cniVersion") {
             if !s.is_empty() && shape_of(s) != Some(shape) {
-                let same: Vec<&str> = ALL_VERSIONS.iter().copied().filter(|x| shape_of(x) == Some(shape)).collect();
+                let same: Vec<&str> = ALL_VERSIONS
+                    .iter()
+                    .copied()
+                    .filter(|x| shape_of(x) == Some(shape))
+                    .collect();
                 return Err(cni_err(
                     Code::Decode,
                     format!("failed to parse prevResult: result type supports {same:?} but unmarshalled CNIVersion is {s:?}"),
                 ));
             }
         }
-        CniResult::parse_shape(v, shape, conf_version).map_err(|e| cni_err(Code::Decode, format!("failed to parse prevResult: {e:#}")))
+        CniResult::parse_shape(v, shape, conf_version)
+            .map_err(|e| cni_err(Code::Decode, format!("failed to parse prevResult: {e:#}")))
     }
 
     /// Render in `version`'s shape.
     pub fn to_json(&self, version: &str) -> Result<Value> {
-        let shape = shape_of(version).ok_or_else(|| cni_err(Code::IncompatibleVersion, format!("unsupported CNI result version {version:?}")))?;
+        let shape = shape_of(version).ok_or_else(|| {
+            cni_err(
+                Code::IncompatibleVersion,
+                format!("unsupported CNI result version {version:?}"),
+            )
+        })?;
         let mut o = Map::new();
         o.insert("cniVersion".into(), json!(version));
         match shape {
@@ -294,7 +326,10 @@ impl CniResult {
                 let v4 = self.ips.iter().find(|i| i.address.addr().is_ipv4());
                 let v6 = self.ips.iter().find(|i| i.address.addr().is_ipv6());
                 if v4.is_none() && v6.is_none() {
-                    return Err(cni_err(Code::IncompatibleVersion, "cannot convert: no valid IP addresses"));
+                    return Err(cni_err(
+                        Code::IncompatibleVersion,
+                        "cannot convert: no valid IP addresses",
+                    ));
                 }
                 for (key, ipc, want_v4) in [("ip4", v4, true), ("ip6", v6, false)] {
                     let Some(ipc) = ipc else { continue };
@@ -363,7 +398,11 @@ impl CniResult {
                         .map(|ip| {
                             let mut m = Map::new();
                             if !v1 {
-                                let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                                let fam = if ip.address.addr().is_ipv4() {
+                                    "4"
+                                } else {
+                                    "6"
+                                };
                                 m.insert("version".into(), json!(fam));
                             }
                             if let Some(i) = ip.interface {
@@ -379,7 +418,10 @@ impl CniResult {
                     o.insert("ips".into(), Value::Array(list));
                 }
                 if !self.routes.is_empty() {
-                    o.insert("routes".into(), Value::Array(self.routes.iter().map(route_json).collect()));
+                    o.insert(
+                        "routes".into(),
+                        Value::Array(self.routes.iter().map(route_json).collect()),
+                    );
                 }
                 // 0.x always printed "dns": {}; 1.x omits it when empty (libcni >= 1.2).
                 if !v1 || !self.dns.is_empty() {
@@ -402,7 +444,11 @@ fn route_json(r: &Route) -> Value {
     if let Some(gw) = r.gw {
         m.insert("gw".into(), json!(gw.to_string()));
     }
-    for (k, v) in [("mtu", r.mtu), ("advmss", r.advmss), ("priority", r.priority)] {
+    for (k, v) in [
+        ("mtu", r.mtu),
+        ("advmss", r.advmss),
+        ("priority", r.priority),
+    ] {
         if v != 0 {
             m.insert(k.into(), json!(v));
         }
@@ -433,17 +479,45 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             cni_version: "1.1.0".into(),
-            interfaces: vec![Interface { name: "eth0".into(), mac: "aa:bb:cc:dd:ee:ff".into(), mtu: 1400, sandbox: "/run/netns/x".into(), ..Default::default() }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "aa:bb:cc:dd:ee:ff".into(),
+                mtu: 1400,
+                sandbox: "/run/netns/x".into(),
+                ..Default::default()
+            }],
             ips: vec![
-                IpConfig { interface: Some(0), address: "10.1.2.3/24".parse().unwrap(), gateway: Some("10.1.2.1".parse().unwrap()) },
-                IpConfig { interface: Some(0), address: "10.9.2.3/24".parse().unwrap(), gateway: None },
-                IpConfig { interface: Some(0), address: "2001:db8::3/64".parse().unwrap(), gateway: Some("2001:db8::1".parse().unwrap()) },
+                IpConfig {
+                    interface: Some(0),
+                    address: "10.1.2.3/24".parse().unwrap(),
+                    gateway: Some("10.1.2.1".parse().unwrap()),
+                },
+                IpConfig {
+                    interface: Some(0),
+                    address: "10.9.2.3/24".parse().unwrap(),
+                    gateway: None,
+                },
+                IpConfig {
+                    interface: Some(0),
+                    address: "2001:db8::3/64".parse().unwrap(),
+                    gateway: Some("2001:db8::1".parse().unwrap()),
+                },
             ],
             routes: vec![
-                Route::new("0.0.0.0/0".parse().unwrap(), Some("10.1.2.1".parse().unwrap())),
-                Route { table: Some(0), scope: Some(253), ..Route::new("::/0".parse().unwrap(), None) },
+                Route::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.1.2.1".parse().unwrap()),
+                ),
+                Route {
+                    table: Some(0),
+                    scope: Some(253),
+                    ..Route::new("::/0".parse().unwrap(), None)
+                },
             ],
-            dns: Dns { nameservers: vec!["8.8.8.8".into()], ..Default::default() },
+            dns: Dns {
+                nameservers: vec!["8.8.8.8".into()],
+                ..Default::default()
+            },
         }
     }
 
@@ -475,7 +549,10 @@ mod tests {
     fn v02_shape_takes_first_of_each_family() {
         let v = sample().to_json("0.2.0").unwrap();
         assert_eq!(v["ip4"]["ip"], "10.1.2.3/24");
-        assert_eq!(v["ip4"]["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.1.2.1"}]));
+        assert_eq!(
+            v["ip4"]["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.1.2.1"}])
+        );
         assert_eq!(v["ip6"]["ip"], "2001:db8::3/64");
         assert_eq!(v["ip6"]["routes"], json!([{"dst": "::/0"}]));
         assert!(v.get("interfaces").is_none());
@@ -483,9 +560,16 @@ mod tests {
 
     #[test]
     fn v02_needs_an_ip() {
-        let r = CniResult { cni_version: "0.2.0".into(), interfaces: sample().interfaces, ..Default::default() };
+        let r = CniResult {
+            cni_version: "0.2.0".into(),
+            interfaces: sample().interfaces,
+            ..Default::default()
+        };
         let e = r.to_json("0.2.0").unwrap_err();
-        assert_eq!(crate::error::CniError::from_anyhow(&e).msg, "cannot convert: no valid IP addresses");
+        assert_eq!(
+            crate::error::CniError::from_anyhow(&e).msg,
+            "cannot convert: no valid IP addresses"
+        );
     }
 
     #[test]
@@ -505,9 +589,12 @@ mod tests {
             "routes": [{"dst": "0.0.0.0/0"}]}, "ip6": {"ip": "fd00::2/64"}, "dns": {}});
         let r = CniResult::parse_any(&v, "1.0.0").unwrap();
         let out = r.to_json("1.0.0").unwrap();
-        assert_eq!(out, json!({"cniVersion": "1.0.0", "ips": [
+        assert_eq!(
+            out,
+            json!({"cniVersion": "1.0.0", "ips": [
             {"address": "10.0.0.2/24", "gateway": "10.0.0.1"}, {"address": "fd00::2/64"}],
-            "routes": [{"dst": "0.0.0.0/0"}]}));
+            "routes": [{"dst": "0.0.0.0/0"}]})
+        );
         let out = r.to_json("0.4.0").unwrap();
         assert_eq!(out["ips"][1]["version"], "6");
     }

@@ -35,9 +35,18 @@ impl Addr {
     /// Global unicast, as Go's `IsGlobalUnicast` decides for DEL's address collection.
     pub fn is_global_unicast(&self) -> bool {
         match self.net.addr() {
-            IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+            IpAddr::V4(a) => {
+                !(a.is_loopback()
+                    || a.is_link_local()
+                    || a.is_multicast()
+                    || a.is_broadcast()
+                    || a.is_unspecified())
+            }
             IpAddr::V6(a) => {
-                !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80)
+                !(a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_unspecified()
+                    || (a.segments()[0] & 0xffc0) == 0xfe80)
             }
         }
     }
@@ -78,7 +87,10 @@ fn msg(index: u32, net: &IpNet, flags: u32) -> Result<Ifaddrmsg> {
         attrs.push(attr(Ifa::Address, ip_bytes(&ip))?);
         if let IpNet::V4(n) = net {
             if n.prefix_len() < 31 {
-                attrs.push(attr(Ifa::Broadcast, Buffer::from(n.broadcast().octets().to_vec()))?);
+                attrs.push(attr(
+                    Ifa::Broadcast,
+                    Buffer::from(n.broadcast().octets().to_vec()),
+                )?);
             }
         }
     } else {
@@ -102,13 +114,17 @@ impl Nl {
     /// Add `net` to link `index`. `flags` are IFA_F_* (e.g. NODAD).
     pub fn add_addr(&self, index: u32, net: &IpNet, flags: u32) -> Result<()> {
         let m = msg(index, net, flags)?;
-        self.request(Rtm::Newaddr, NlmF::CREATE | NlmF::EXCL, m, || format!("failed to add IP addr {net} to ifindex {index}"))?;
+        self.request(Rtm::Newaddr, NlmF::CREATE | NlmF::EXCL, m, || {
+            format!("failed to add IP addr {net} to ifindex {index}")
+        })?;
         Ok(())
     }
 
     pub fn del_addr(&self, index: u32, net: &IpNet) -> Result<()> {
         let m = msg(index, net, 0)?;
-        self.request(Rtm::Deladdr, NlmF::empty(), m, || format!("failed to delete IP addr {net} from ifindex {index}"))?;
+        self.request(Rtm::Deladdr, NlmF::empty(), m, || {
+            format!("failed to delete IP addr {net} from ifindex {index}")
+        })?;
         Ok(())
     }
 
@@ -126,7 +142,9 @@ impl Nl {
             .ifa_index(index)
             .build()
             .map_err(|e| anyhow!("cannot build address dump: {e}"))?;
-        let v = self.request(Rtm::Getaddr, NlmF::DUMP, req, || "failed to list addresses".into())?;
+        let v = self.request(Rtm::Getaddr, NlmF::DUMP, req, || {
+            "failed to list addresses".into()
+        })?;
         let mut out = Vec::new();
         for m in v {
             if index != 0 && *m.ifa_index() != index {
@@ -144,9 +162,18 @@ impl Nl {
                     _ => {}
                 }
             }
-            let Some(ip) = local.or(address) else { continue };
-            let Ok(net) = IpNet::new(ip, *m.ifa_prefixlen()) else { continue };
-            out.push(Addr { index: *m.ifa_index(), net, scope: u8::from(*m.ifa_scope()), flags });
+            let Some(ip) = local.or(address) else {
+                continue;
+            };
+            let Ok(net) = IpNet::new(ip, *m.ifa_prefixlen()) else {
+                continue;
+            };
+            out.push(Addr {
+                index: *m.ifa_index(),
+                net,
+                scope: u8::from(*m.ifa_scope()),
+                flags,
+            });
         }
         Ok(out)
     }

@@ -69,7 +69,11 @@ impl Link {
     }
 
     fn from_msg(m: &Ifinfomsg) -> Link {
-        let mut l = Link { index: *m.ifi_index() as u32, flags: u32::from(*m.ifi_flags()), ..Default::default() };
+        let mut l = Link {
+            index: *m.ifi_index() as u32,
+            flags: u32::from(*m.ifi_flags()),
+            ..Default::default()
+        };
         for a in m.rtattrs().iter() {
             let p: &[u8] = a.rta_payload().as_ref();
             match u16::from(*a.rta_type()) {
@@ -78,7 +82,9 @@ impl Link {
                 t if t == u16::from(Ifla::Address) => l.mac = mac_string(p),
                 t if t == u16::from(Ifla::Master) => l.master = u32_of(p),
                 t if t == u16::from(Ifla::Link) => l.link = u32_of(p),
-                t if t == u16::from(Ifla::Operstate) => l.operstate = p.first().copied().unwrap_or(0),
+                t if t == u16::from(Ifla::Operstate) => {
+                    l.operstate = p.first().copied().unwrap_or(0)
+                }
                 t if t == u16::from(Ifla::Promiscuity) => l.promiscuity = u32_of(p),
                 t if t == u16::from(Ifla::Ifalias) => l.alias = cstr(p),
                 t if t == u16::from(Ifla::Linkinfo) => {
@@ -157,7 +163,9 @@ impl Nl {
     pub fn link(&self, id: LinkId) -> Result<Option<Link>> {
         let (index, attrs) = id_attrs(&id)?;
         let msg = build(base(index), attrs)?;
-        match self.request(Rtm::Getlink, NlmF::empty(), msg, || format!("failed to look up link {id}")) {
+        match self.request(Rtm::Getlink, NlmF::empty(), msg, || {
+            format!("failed to look up link {id}")
+        }) {
             Ok(v) => Ok(v.first().map(Link::from_msg)),
             Err(e) if matches!(super::errno(&e), Some(libc::ENODEV)) => Ok(None),
             Err(e) => Err(e),
@@ -167,13 +175,20 @@ impl Nl {
     /// Look a link up; a missing link is an error naming it.
     pub fn link_must(&self, id: LinkId) -> Result<Link> {
         self.link(id.clone())?.ok_or_else(|| {
-            NlError { op: format!("failed to find link {id}"), errno: libc::ENODEV, ext: String::new() }.into()
+            NlError {
+                op: format!("failed to find link {id}"),
+                errno: libc::ENODEV,
+                ext: String::new(),
+            }
+            .into()
         })
     }
 
     pub fn links(&self) -> Result<Vec<Link>> {
         let msg = build(base(0), vec![])?;
-        let v = self.request(Rtm::Getlink, NlmF::DUMP, msg, || "failed to list links".into())?;
+        let v = self.request(Rtm::Getlink, NlmF::DUMP, msg, || {
+            "failed to list links".into()
+        })?;
         Ok(v.iter().map(Link::from_msg).collect())
     }
 
@@ -189,7 +204,9 @@ impl Nl {
             attrs.push(attr(Ifla::NetNsFd, fd.as_raw_fd() as u32)?);
         }
         let mut info = attr(Ifla::Linkinfo, Buffer::from(Vec::new()))?;
-        info = info.nest(&attr(IflaInfo::Kind, nl.kind)?).map_err(|e| anyhow!("{e}"))?;
+        info = info
+            .nest(&attr(IflaInfo::Kind, nl.kind)?)
+            .map_err(|e| anyhow!("{e}"))?;
         let mut data: Vec<Rtattr<u16, Buffer>> = Vec::new();
         for d in &nl.data {
             data.push(d.clone());
@@ -209,7 +226,9 @@ impl Nl {
             data.push(attr(VETH_INFO_PEER, pmsg)?);
         }
         if !data.is_empty() {
-            info = info.nest(&nest(u16::from(IflaInfo::Data), &data)?).map_err(|e| anyhow!("{e}"))?;
+            info = info
+                .nest(&nest(u16::from(IflaInfo::Data), &data)?)
+                .map_err(|e| anyhow!("{e}"))?;
         }
         attrs.push(info);
         let msg = build(base(0), attrs)?;
@@ -222,25 +241,43 @@ impl Nl {
     pub fn delete_link(&self, id: LinkId) -> Result<()> {
         let (index, attrs) = id_attrs(&id)?;
         let msg = build(base(index), attrs)?;
-        self.request(Rtm::Dellink, NlmF::empty(), msg, || format!("failed to delete link {id}"))?;
+        self.request(Rtm::Dellink, NlmF::empty(), msg, || {
+            format!("failed to delete link {id}")
+        })?;
         Ok(())
     }
 
-    fn set(&self, index: u32, b: IfinfomsgBuilder, attrs: Vec<Rtattr<Ifla, Buffer>>, what: &str) -> Result<()> {
+    fn set(
+        &self,
+        index: u32,
+        b: IfinfomsgBuilder,
+        attrs: Vec<Rtattr<Ifla, Buffer>>,
+        what: &str,
+    ) -> Result<()> {
         let msg = build(b, attrs)?;
-        self.request(Rtm::Setlink, NlmF::empty(), msg, || format!("failed to set {what} of ifindex {index}"))?;
+        self.request(Rtm::Setlink, NlmF::empty(), msg, || {
+            format!("failed to set {what} of ifindex {index}")
+        })?;
         Ok(())
     }
 
     pub fn set_up(&self, index: u32, up: bool) -> Result<()> {
         let b = base(index).ifi_change(Iff::UP);
-        let b = if up { b.ifi_flags(Iff::UP) } else { b.ifi_flags(Iff::empty()) };
+        let b = if up {
+            b.ifi_flags(Iff::UP)
+        } else {
+            b.ifi_flags(Iff::empty())
+        };
         self.set(index, b, vec![], if up { "up" } else { "down" })
     }
 
     pub fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
         let b = base(index).ifi_change(Iff::PROMISC);
-        let b = if on { b.ifi_flags(Iff::PROMISC) } else { b.ifi_flags(Iff::empty()) };
+        let b = if on {
+            b.ifi_flags(Iff::PROMISC)
+        } else {
+            b.ifi_flags(Iff::empty())
+        };
         self.set(index, b, vec![], "promisc")
     }
 
@@ -249,7 +286,12 @@ impl Nl {
     }
 
     pub fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        self.set(index, base(index), vec![attr(Ifla::Address, Buffer::from(mac.to_vec()))?], "mac")
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Address, Buffer::from(mac.to_vec()))?],
+            "mac",
+        )
     }
 
     pub fn set_name(&self, index: u32, name: &str) -> Result<()> {
@@ -258,15 +300,30 @@ impl Nl {
 
     /// Enslave to `master` (0 = release).
     pub fn set_master(&self, index: u32, master: u32) -> Result<()> {
-        self.set(index, base(index), vec![attr(Ifla::Master, master)?], "master")
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Master, master)?],
+            "master",
+        )
     }
 
     pub fn set_netns(&self, index: u32, ns: BorrowedFd) -> Result<()> {
-        self.set(index, base(index), vec![attr(Ifla::NetNsFd, ns.as_raw_fd() as u32)?], "netns")
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::NetNsFd, ns.as_raw_fd() as u32)?],
+            "netns",
+        )
     }
 
     pub fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
-        self.set(index, base(index), vec![attr(Ifla::Ifalias, alias)?], "alias")
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Ifalias, alias)?],
+            "alias",
+        )
     }
 
     /// Bridge-port flags (hairpin, isolated), set through AF_BRIDGE IFLA_PROTINFO like
@@ -274,7 +331,10 @@ impl Nl {
     pub fn set_bridge_port(&self, index: u32, hairpin: bool, isolated: bool) -> Result<()> {
         let prot = nest(
             Ifla::from(IFLA_PROTINFO | NLA_F_NESTED),
-            &[attr(IFLA_BRPORT_MODE, hairpin as u8)?, attr(IFLA_BRPORT_ISOLATED, isolated as u8)?],
+            &[
+                attr(IFLA_BRPORT_MODE, hairpin as u8)?,
+                attr(IFLA_BRPORT_ISOLATED, isolated as u8)?,
+            ],
         )?;
         let b = base(index).ifi_family(RtAddrFamily::from(AF_BRIDGE));
         self.set(index, b, vec![prot], "bridge port flags")
@@ -284,11 +344,20 @@ impl Nl {
     pub fn bridge_vlan(&self, index: u32, vid: u16, flags: u16, add: bool) -> Result<()> {
         let mut info = flags.to_ne_bytes().to_vec();
         info.extend_from_slice(&vid.to_ne_bytes());
-        let spec = nest(Ifla::from(IFLA_AF_SPEC | NLA_F_NESTED), &[attr(IFLA_BRIDGE_VLAN_INFO, Buffer::from(info))?])?;
-        let msg = build(base(index).ifi_family(RtAddrFamily::from(AF_BRIDGE)), vec![spec])?;
+        let spec = nest(
+            Ifla::from(IFLA_AF_SPEC | NLA_F_NESTED),
+            &[attr(IFLA_BRIDGE_VLAN_INFO, Buffer::from(info))?],
+        )?;
+        let msg = build(
+            base(index).ifi_family(RtAddrFamily::from(AF_BRIDGE)),
+            vec![spec],
+        )?;
         let ty = if add { Rtm::Setlink } else { Rtm::Dellink };
         self.request(ty, NlmF::empty(), msg, || {
-            format!("failed to {} vlan {vid} on ifindex {index}", if add { "add" } else { "delete" })
+            format!(
+                "failed to {} vlan {vid} on ifindex {index}",
+                if add { "add" } else { "delete" }
+            )
         })?;
         Ok(())
     }
@@ -296,8 +365,13 @@ impl Nl {
     /// The VLAN entries of a bridge port: (vid, flags).
     pub fn bridge_vlans(&self, index: u32) -> Result<Vec<(u16, u16)>> {
         let mask = attr(Ifla::ExtMask, RTEXT_FILTER_BRVLAN)?;
-        let msg = build(base(0).ifi_family(RtAddrFamily::from(AF_BRIDGE)), vec![mask])?;
-        let v = self.request(Rtm::Getlink, NlmF::DUMP, msg, || "failed to list bridge vlans".into())?;
+        let msg = build(
+            base(0).ifi_family(RtAddrFamily::from(AF_BRIDGE)),
+            vec![mask],
+        )?;
+        let v = self.request(Rtm::Getlink, NlmF::DUMP, msg, || {
+            "failed to list bridge vlans".into()
+        })?;
         let mut out = Vec::new();
         for m in v.iter().filter(|m| *m.ifi_index() as u32 == index) {
             for a in m.rtattrs().iter() {
@@ -306,7 +380,10 @@ impl Nl {
                 }
                 for (ty, p) in parse_nested(a.rta_payload().as_ref()) {
                     if ty == IFLA_BRIDGE_VLAN_INFO && p.len() >= 4 {
-                        out.push((u16::from_ne_bytes([p[2], p[3]]), u16::from_ne_bytes([p[0], p[1]])));
+                        out.push((
+                            u16::from_ne_bytes([p[2], p[3]]),
+                            u16::from_ne_bytes([p[0], p[1]]),
+                        ));
                     }
                 }
             }
@@ -321,7 +398,10 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(parse_mac("0a:58:0A:f4:01:05").unwrap(), [0x0a, 0x58, 0x0a, 0xf4, 1, 5]);
+        assert_eq!(
+            parse_mac("0a:58:0A:f4:01:05").unwrap(),
+            [0x0a, 0x58, 0x0a, 0xf4, 1, 5]
+        );
         assert!(parse_mac("0a:58:0a:f4:01").is_err());
         assert!(parse_mac("zz:58:0a:f4:01:05").is_err());
     }

@@ -44,7 +44,11 @@ impl fmt::Display for NlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = std::io::Error::from_raw_os_error(self.errno).to_string();
         // "File exists (os error 17)" -> "file exists", as Go's netlink errors read.
-        let text = text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+        let text = text
+            .split(" (os error")
+            .next()
+            .unwrap_or(&text)
+            .to_lowercase();
         write!(f, "{}: {}", self.op, text)?;
         if !self.ext.is_empty() {
             write!(f, " ({})", self.ext)?;
@@ -57,7 +61,9 @@ impl std::error::Error for NlError {}
 
 /// The kernel errno behind an error chain, if it came from netlink.
 pub fn errno(err: &anyhow::Error) -> Option<i32> {
-    err.chain().find_map(|e| e.downcast_ref::<NlError>()).map(|e| e.errno)
+    err.chain()
+        .find_map(|e| e.downcast_ref::<NlError>())
+        .map(|e| e.errno)
 }
 
 pub fn is_errno(err: &anyhow::Error, code: i32) -> bool {
@@ -78,7 +84,10 @@ impl Nl {
         // Extended acks give the kernel's reason ("Unknown device type") in errors.
         let _ = sock.enable_ext_ack(true);
         let _ = sock.enable_strict_checking(true);
-        Ok(Nl { sock, seq: Cell::new(1) })
+        Ok(Nl {
+            sock,
+            seq: Cell::new(1),
+        })
     }
 
     /// A socket bound to `ns`; the thread enters `ns` only while creating it.
@@ -94,7 +103,13 @@ impl Nl {
 
     /// Send one request and collect its replies (the payloads of a dump, or nothing
     /// for an acked change). `op` names the operation for error messages.
-    pub fn request<P>(&self, ty: Rtm, flags: NlmF, payload: P, op: impl Fn() -> String) -> Result<Vec<P>>
+    pub fn request<P>(
+        &self,
+        ty: Rtm,
+        flags: NlmF,
+        payload: P,
+        op: impl Fn() -> String,
+    ) -> Result<Vec<P>>
     where
         P: Size + ToBytes + FromBytesWithInput<Input = usize> + fmt::Debug,
     {
@@ -123,7 +138,8 @@ impl Nl {
                 .recv::<u16, Buffer>()
                 .map_err(|e| anyhow::anyhow!("{}: netlink receive failed: {e}", op()))?;
             for m in iter {
-                let m: Nlmsghdr<u16, Buffer> = m.map_err(|e| anyhow::anyhow!("{}: bad netlink reply: {e}", op()))?;
+                let m: Nlmsghdr<u16, Buffer> =
+                    m.map_err(|e| anyhow::anyhow!("{}: bad netlink reply: {e}", op()))?;
                 if *m.nl_seq() != seq {
                     continue; // a stale reply to an earlier request
                 }
@@ -134,7 +150,12 @@ impl Nl {
                 if ty == u16::from(Nlmsg::Done) {
                     if interrupted {
                         // The table changed under the dump; the caller may retry.
-                        return Err(NlError { op: op(), errno: libc::EINTR, ext: "dump interrupted".into() }.into());
+                        return Err(NlError {
+                            op: op(),
+                            errno: libc::EINTR,
+                            ext: "dump interrupted".into(),
+                        }
+                        .into());
                     }
                     return Ok(out);
                 }
@@ -147,12 +168,19 @@ impl Nl {
                             .find(|a| u16::from(*a.nla_type().nla_type()) == 1)
                             .map(|a| cstr(a.nla_payload().as_ref()))
                             .unwrap_or_default();
-                        return Err(NlError { op: op(), errno: -*e.error(), ext }.into());
+                        return Err(NlError {
+                            op: op(),
+                            errno: -*e.error(),
+                            ext,
+                        }
+                        .into());
                     }
                     NlPayload::Payload(buf) => {
                         let bytes: &[u8] = buf.as_ref();
                         let p = P::from_bytes_with_input(&mut Cursor::new(bytes), bytes.len())
-                            .map_err(|e| anyhow::anyhow!("{}: cannot parse netlink reply: {e}", op()))?;
+                            .map_err(|e| {
+                                anyhow::anyhow!("{}: cannot parse netlink reply: {e}", op())
+                            })?;
                         out.push(p);
                         if !dump {
                             // Some GET replies come without an ack.
@@ -172,7 +200,10 @@ impl Nl {
 // Attribute helpers shared by link/addr/route.
 
 /// Build an attribute from any neli payload.
-pub fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(ty: T, payload: P) -> Result<Rtattr<T, Buffer>> {
+pub fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(
+    ty: T,
+    payload: P,
+) -> Result<Rtattr<T, Buffer>> {
     RtattrBuilder::default()
         .rta_type(ty)
         .rta_payload(payload)
@@ -182,10 +213,15 @@ pub fn attr<T: neli::consts::rtnl::RtaType, P: Size + ToBytes>(ty: T, payload: P
 
 /// An attribute that nests `children`, with NLA_F_NESTED set when `flag` is true
 /// (the bridge code insists on it for IFLA_PROTINFO and IFLA_AF_SPEC).
-pub fn nest<T: neli::consts::rtnl::RtaType>(ty: T, children: &[Rtattr<u16, Buffer>]) -> Result<Rtattr<T, Buffer>> {
+pub fn nest<T: neli::consts::rtnl::RtaType>(
+    ty: T,
+    children: &[Rtattr<u16, Buffer>],
+) -> Result<Rtattr<T, Buffer>> {
     let mut a = attr(ty, Buffer::from(Vec::new()))?;
     for c in children {
-        a = a.nest(c).map_err(|e| anyhow::anyhow!("cannot nest netlink attribute: {e}"))?;
+        a = a
+            .nest(c)
+            .map_err(|e| anyhow::anyhow!("cannot nest netlink attribute: {e}"))?;
     }
     Ok(a)
 }
@@ -215,9 +251,14 @@ pub fn cstr(b: &[u8]) -> String {
 }
 
 pub fn u32_of(b: &[u8]) -> u32 {
-    b.get(..4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]])).unwrap_or(0)
+    b.get(..4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+        .unwrap_or(0)
 }
 
 pub fn mac_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -5,7 +5,7 @@ use super::{attr, u32_of, Nl};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use neli::consts::nl::NlmF;
-use neli::consts::rtnl::{Rta, RtAddrFamily, RtScope, RtTable, Rtm, Rtn, Rtprot};
+use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, Rtn, Rtprot};
 use neli::rtnl::{Rtmsg, RtmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 use std::fmt;
@@ -37,7 +37,17 @@ impl RouteSpec {
     /// A main-table unicast route, universe scope (link scope without a gateway for
     /// IPv4, like Go's netlink does when adding device routes).
     pub fn new(dst: IpNet, gw: Option<IpAddr>, oif: u32) -> RouteSpec {
-        RouteSpec { dst, gw, oif, src: None, table: RT_TABLE_MAIN, scope: RT_SCOPE_UNIVERSE, priority: 0, protocol: 3, kind: 1 }
+        RouteSpec {
+            dst,
+            gw,
+            oif,
+            src: None,
+            table: RT_TABLE_MAIN,
+            scope: RT_SCOPE_UNIVERSE,
+            priority: 0,
+            protocol: 3,
+            kind: 1,
+        }
     }
 
     pub fn is_default(&self) -> bool {
@@ -98,16 +108,32 @@ fn msg(r: &RouteSpec, for_delete: bool) -> Result<Rtmsg> {
         attrs.push(attr(Rta::Priority, r.priority)?);
     }
     attrs.push(attr(Rta::Table, r.table)?);
-    let table = if r.table < 256 { RtTable::from(r.table as u8) } else { RtTable::Unspec };
+    let table = if r.table < 256 {
+        RtTable::from(r.table as u8)
+    } else {
+        RtTable::Unspec
+    };
     RtmsgBuilder::default()
         .rtm_family(fam(v6))
         .rtm_dst_len(r.dst.prefix_len())
         .rtm_src_len(0)
         .rtm_tos(0)
         .rtm_table(table)
-        .rtm_protocol(if for_delete { Rtprot::Unspec } else { Rtprot::from(r.protocol) })
-        .rtm_scope(if for_delete { RtScope::Nowhere } else { RtScope::from(r.scope) })
-        .rtm_type(if for_delete { Rtn::Unspec } else { Rtn::from(r.kind) })
+        .rtm_protocol(if for_delete {
+            Rtprot::Unspec
+        } else {
+            Rtprot::from(r.protocol)
+        })
+        .rtm_scope(if for_delete {
+            RtScope::Nowhere
+        } else {
+            RtScope::from(r.scope)
+        })
+        .rtm_type(if for_delete {
+            Rtn::Unspec
+        } else {
+            Rtn::from(r.kind)
+        })
         .rtattrs(RtBuffer::from_iter(attrs))
         .build()
         .map_err(|e| anyhow!("cannot build route message: {e}"))
@@ -118,20 +144,26 @@ impl Nl {
     /// the same prefix through another gateway is accepted; an identical one is EEXIST.
     pub fn add_route(&self, r: &RouteSpec) -> Result<()> {
         let m = msg(r, false)?;
-        self.request(Rtm::Newroute, NlmF::CREATE, m, || format!("failed to add route {r}"))?;
+        self.request(Rtm::Newroute, NlmF::CREATE, m, || {
+            format!("failed to add route {r}")
+        })?;
         Ok(())
     }
 
     /// Add or replace.
     pub fn replace_route(&self, r: &RouteSpec) -> Result<()> {
         let m = msg(r, false)?;
-        self.request(Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, m, || format!("failed to replace route {r}"))?;
+        self.request(Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, m, || {
+            format!("failed to replace route {r}")
+        })?;
         Ok(())
     }
 
     pub fn del_route(&self, r: &RouteSpec) -> Result<()> {
         let m = msg(r, true)?;
-        self.request(Rtm::Delroute, NlmF::empty(), m, || format!("failed to delete route {r}"))?;
+        self.request(Rtm::Delroute, NlmF::empty(), m, || {
+            format!("failed to delete route {r}")
+        })?;
         Ok(())
     }
 
@@ -148,12 +180,21 @@ impl Nl {
             .rtm_type(Rtn::Unspec)
             .build()
             .map_err(|e| anyhow!("cannot build route dump: {e}"))?;
-        let v = self.request(Rtm::Getroute, NlmF::DUMP, req, || "failed to list routes".into())?;
+        let v = self.request(Rtm::Getroute, NlmF::DUMP, req, || {
+            "failed to list routes".into()
+        })?;
         let mut out = Vec::new();
         for m in v {
             let mut r = RouteSpec {
-                dst: IpNet::new(if v6 { IpAddr::from([0u8; 16]) } else { IpAddr::from([0u8; 4]) }, 0)
-                    .map_err(|e| anyhow!("{e}"))?,
+                dst: IpNet::new(
+                    if v6 {
+                        IpAddr::from([0u8; 16])
+                    } else {
+                        IpAddr::from([0u8; 4])
+                    },
+                    0,
+                )
+                .map_err(|e| anyhow!("{e}"))?,
                 gw: None,
                 oif: 0,
                 src: None,
