@@ -7,11 +7,12 @@
 
 use cnibox::cni::skel::{self, Applet, Kind};
 
+mod bridge;
 mod loopback;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
-static APPLETS: &[Applet] = &[loopback::APPLET];
+static APPLETS: &[Applet] = &[bridge::APPLET, loopback::APPLET];
 
 fn main() {
     skel::register(APPLETS);

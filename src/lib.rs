@@ -10,6 +10,8 @@
 
 pub mod cni;
 pub mod error;
+pub mod fw;
+pub mod l3;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;

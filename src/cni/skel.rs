@@ -17,9 +17,9 @@ use crate::cni::types::{
     shape_of, to_pretty, version_at_least, CniResult, ALL_VERSIONS, CURRENT_VERSION,
 };
 use crate::error::{cni_err, CniError, Code};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::sync::OnceLock;
 

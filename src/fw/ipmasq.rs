@@ -1,0 +1,413 @@
+//! IP masquerade for bridge and ptp (`ipMasq: true`), byte-compatible with the
+//! reference's two backends.
+//!
+//! iptables: chain `CNI-<sha512(net+cid)[:24]>` in `nat`, rules commented
+//! `name: "<net>" id: "<cid>"`, and a `POSTROUTING -s <ip> -j <chain>` jump.
+//! nftables: table `inet cni_plugins_masquerade`, one `masq_checks` rule per IP whose
+//! comment starts with `<H(net)>-<H(ifname:cid)>`.
+//!
+//! Better than the reference: teardown needs no IP list (the chain name and the comment
+//! prefix identify the attachment), so DEL cleans up even when the netns is gone; GC
+//! works for both backends (iptables rules carry the network and container in their
+//! comment).
+
+use super::{go_quote, hash_with_prefix, have, nft_list_rules, nft_quote, run};
+use anyhow::{bail, Result};
+use ipnet::IpNet;
+
+pub const NFT_TABLE: &str = "cni_plugins_masquerade";
+pub const NFT_CHAIN: &str = "masq_checks";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+/// `ipMasqBackend` → backend; unset prefers iptables unless only nft is present.
+pub fn backend(conf: Option<&str>) -> Result<Backend> {
+    match conf {
+        Some("iptables") => Ok(Backend::Iptables),
+        Some("nftables") => Ok(Backend::Nftables),
+        Some(other) => bail!("unknown ipmasq backend {other:?}"),
+        None if !have("iptables") && have("nft") => Ok(Backend::Nftables),
+        None => Ok(Backend::Iptables),
+    }
+}
+
+pub fn chain_name(net: &str, cid: &str) -> String {
+    hash_with_prefix(28, "CNI-", &format!("{net}{cid}"))
+}
+
+pub fn ipt_comment(net: &str, cid: &str) -> String {
+    format!("name: {} id: {}", go_quote(net), go_quote(cid))
+}
+
+fn hash_net(net: &str) -> String {
+    hash_with_prefix(16, "", net)
+}
+
+pub fn nft_prefix(net: &str, ifname: &str, cid: &str) -> String {
+    format!(
+        "{}-{}",
+        hash_net(net),
+        hash_with_prefix(16, "", &format!("{ifname}:{cid}"))
+    )
+}
+
+pub fn nft_comment(net: &str, ifname: &str, cid: &str) -> String {
+    let strip = |s: &str| s.replace('"', "");
+    let mut c = format!(
+        "{}, net: {}, if: {}, id: {}",
+        nft_prefix(net, ifname, cid),
+        strip(net),
+        strip(ifname),
+        strip(cid)
+    );
+    // knftables' comment limit; cut on a char boundary.
+    while c.len() > 128 {
+        c.pop();
+    }
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// nftables
+
+/// The transaction for ADD: (re)declare the table, rewrite `postrouting`, drop stale rules
+/// of this attachment (`stale` handles) and add one rule per IP.
+pub fn nft_setup_script(
+    ips: &[IpNet],
+    net: &str,
+    ifname: &str,
+    cid: &str,
+    stale: &[u64],
+) -> String {
+    let t = format!("inet {NFT_TABLE}");
+    let mut s = String::new();
+    s += &format!(
+        "add table {t} {{ comment {} ; }}\n",
+        nft_quote("Masquerading for plugins from github.com/containernetworking/plugins")
+    );
+    s += &format!(
+        "add chain {t} {NFT_CHAIN} {{ comment {} ; }}\n",
+        nft_quote(
+            "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet"
+        )
+    );
+    s += &format!("add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}\n");
+    s += &format!("flush chain {t} postrouting\n");
+    s += &format!("add rule {t} postrouting ip daddr == 224.0.0.0/4 return\n");
+    s += &format!("add rule {t} postrouting ip6 daddr == ff00::/8 return\n");
+    s += &format!("add rule {t} postrouting goto {NFT_CHAIN}\n");
+    for h in stale {
+        s += &format!("delete rule {t} {NFT_CHAIN} handle {h}\n");
+    }
+    let comment = nft_quote(&nft_comment(net, ifname, cid));
+    for ip in ips {
+        let fam = if ip.addr().is_ipv4() { "ip" } else { "ip6" };
+        s += &format!(
+            "add rule {t} {NFT_CHAIN} {fam} saddr == {} {fam} daddr != {} masquerade comment {comment}\n",
+            ip.addr(),
+            ip.trunc()
+        );
+    }
+    s
+}
+
+fn delete_handles_script(handles: &[u64]) -> String {
+    handles
+        .iter()
+        .map(|h| format!("delete rule inet {NFT_TABLE} {NFT_CHAIN} handle {h}\n"))
+        .collect()
+}
+
+fn nft_rules_with_prefix(prefix: &str) -> Result<Vec<(u64, String)>> {
+    Ok(nft_list_rules("inet", NFT_TABLE, NFT_CHAIN)?
+        .into_iter()
+        .filter(|(_, c)| c.starts_with(prefix))
+        .collect())
+}
+
+fn nft_setup(ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
+    let stale: Vec<u64> = nft_rules_with_prefix(&nft_prefix(net, ifname, cid))?
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    run(
+        "nft",
+        &["-f", "-"],
+        &nft_setup_script(ips, net, ifname, cid, &stale),
+    )
+    .map(|_| ())
+}
+
+fn nft_teardown(net: &str, ifname: &str, cid: &str) -> Result<()> {
+    let handles: Vec<u64> = nft_rules_with_prefix(&nft_prefix(net, ifname, cid))?
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    if handles.is_empty() {
+        return Ok(());
+    }
+    run("nft", &["-f", "-"], &delete_handles_script(&handles)).map(|_| ())
+}
+
+fn nft_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
+    let keep: Vec<String> = valid
+        .iter()
+        .map(|(cid, ifname)| nft_comment(net, ifname, cid))
+        .collect();
+    let handles: Vec<u64> = nft_rules_with_prefix(&hash_net(net))?
+        .into_iter()
+        .filter(|(_, c)| !keep.contains(c))
+        .map(|(h, _)| h)
+        .collect();
+    if handles.is_empty() {
+        return Ok(());
+    }
+    run("nft", &["-f", "-"], &delete_handles_script(&handles)).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------
+// iptables
+
+fn ipt_tools(v6: bool) -> (&'static str, &'static str) {
+    if v6 {
+        ("ip6tables-save", "ip6tables-restore")
+    } else {
+        ("iptables-save", "iptables-restore")
+    }
+}
+
+/// Declared chains are flushed by `iptables-restore --noflush`, so declaring ours makes
+/// ADD idempotent (the reference appends only if absent: same end state). The jump is
+/// added only if `save` (the current `iptables-save -t nat`) lacks it.
+pub fn ipt_setup_script(ips: &[IpNet], net: &str, cid: &str, save: &str) -> String {
+    let chain = chain_name(net, cid);
+    let comment = go_quote(&ipt_comment(net, cid));
+    let v6 = ips.first().is_some_and(|i| i.addr().is_ipv6());
+    let mcast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
+    let mut s = format!("*nat\n:{chain} - [0:0]\n");
+    for ip in ips {
+        s += &format!(
+            "-A {chain} -d {} -m comment --comment {comment} -j ACCEPT\n",
+            ip.trunc()
+        );
+    }
+    s += &format!("-A {chain} ! -d {mcast} -m comment --comment {comment} -j MASQUERADE\n");
+    for ip in ips {
+        let host = if v6 {
+            format!("{}/128", ip.addr())
+        } else {
+            format!("{}/32", ip.addr())
+        };
+        let exists = save.lines().any(|l| {
+            l.starts_with("-A POSTROUTING ")
+                && l.contains(&format!("-s {host} "))
+                && l.ends_with(&format!("-j {chain}"))
+        });
+        if !exists {
+            s += &format!("-A POSTROUTING -s {host} -m comment --comment {comment} -j {chain}\n");
+        }
+    }
+    s += "COMMIT\n";
+    s
+}
+
+/// Remove every POSTROUTING jump to the attachment's chain (any source form), then the
+/// chain. `None` when there is nothing to remove.
+pub fn ipt_teardown_script(chain: &str, save: &str) -> Option<String> {
+    let jumps: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with(&format!("-j {chain}")))
+        .collect();
+    let has_chain = save
+        .lines()
+        .any(|l| l == format!(":{chain} - [0:0]") || l.starts_with(&format!(":{chain} ")));
+    if jumps.is_empty() && !has_chain {
+        return None;
+    }
+    let mut s = String::from("*nat\n");
+    for j in jumps {
+        s += &format!("-D{}\n", &j[2..]);
+    }
+    if has_chain {
+        s += &format!("-F {chain}\n-X {chain}\n");
+    }
+    s += "COMMIT\n";
+    Some(s)
+}
+
+/// Container ids of this network that own a masquerade chain, read from the rule
+/// comments (`name: "<net>" id: "<cid>"`; names and ids cannot contain quotes, the
+/// harness validates them).
+pub fn ipt_owned_cids(net: &str, save: &str) -> Vec<String> {
+    let prefix = format!("--comment \"name: \\\"{net}\\\" id: \\\"");
+    let mut out = Vec::new();
+    for l in save.lines() {
+        let Some(pos) = l.find(&prefix) else { continue };
+        let rest = &l[pos + prefix.len()..];
+        if let Some(end) = rest.find("\\\"\"") {
+            let cid = rest[..end].to_string();
+            if !cid.is_empty() && !out.contains(&cid) {
+                out.push(cid);
+            }
+        }
+    }
+    out
+}
+
+fn ipt_save(v6: bool) -> Result<String> {
+    run(ipt_tools(v6).0, &["-t", "nat"], "")
+}
+
+fn ipt_restore(v6: bool, script: &str) -> Result<()> {
+    run(ipt_tools(v6).1, &["--noflush", "--wait"], script).map(|_| ())
+}
+
+fn ipt_setup(ips: &[IpNet], net: &str, cid: &str) -> Result<()> {
+    for v6 in [false, true] {
+        let fam: Vec<IpNet> = ips
+            .iter()
+            .copied()
+            .filter(|i| i.addr().is_ipv6() == v6)
+            .collect();
+        if fam.is_empty() {
+            continue;
+        }
+        let save = ipt_save(v6)?;
+        ipt_restore(v6, &ipt_setup_script(&fam, net, cid, &save))?;
+    }
+    Ok(())
+}
+
+fn ipt_teardown(net: &str, cid: &str) -> Result<()> {
+    let chain = chain_name(net, cid);
+    for v6 in [false, true] {
+        let Ok(save) = ipt_save(v6) else { continue };
+        if let Some(script) = ipt_teardown_script(&chain, &save) {
+            ipt_restore(v6, &script)?;
+        }
+    }
+    Ok(())
+}
+
+fn ipt_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
+    for v6 in [false, true] {
+        let Ok(save) = ipt_save(v6) else { continue };
+        for cid in ipt_owned_cids(net, &save) {
+            if valid.iter().any(|(c, _)| *c == cid) {
+                continue;
+            }
+            if let Some(script) = ipt_teardown_script(&chain_name(net, &cid), &save) {
+                ipt_restore(v6, &script)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// ADD: masquerade traffic from `ips` leaving their subnets.
+pub fn setup(backend: Backend, ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
+    match backend {
+        Backend::Iptables => ipt_setup(ips, net, cid),
+        Backend::Nftables => nft_setup(ips, net, ifname, cid),
+    }
+}
+
+/// DEL: remove the attachment's rules from both backends (whichever exist); a backend
+/// whose tool is not installed cannot hold rules and is skipped.
+pub fn teardown(net: &str, ifname: &str, cid: &str) -> Result<()> {
+    let mut errs = Vec::new();
+    if have("iptables-save") {
+        if let Err(e) = ipt_teardown(net, cid) {
+            errs.push(format!("{e:#}"));
+        }
+    }
+    if have("nft") {
+        if let Err(e) = nft_teardown(net, ifname, cid) {
+            errs.push(format!("{e:#}"));
+        }
+    }
+    if !errs.is_empty() {
+        bail!("failed to tear down ip masquerade: {}", errs.join("; "));
+    }
+    Ok(())
+}
+
+/// GC: remove rules of this network whose attachment is not valid.
+pub fn gc(net: &str, valid: &[(String, String)]) -> Result<()> {
+    let mut errs = Vec::new();
+    if have("iptables-save") {
+        if let Err(e) = ipt_gc(net, valid) {
+            errs.push(format!("{e:#}"));
+        }
+    }
+    if have("nft") {
+        if let Err(e) = nft_gc(net, valid) {
+            errs.push(format!("{e:#}"));
+        }
+    }
+    if !errs.is_empty() {
+        bail!(
+            "failed to garbage-collect ip masquerade rules: {}",
+            errs.join("; ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            chain_name("invtnet", "invtc1"),
+            "CNI-8434cd1f2f7d9314ff003912"
+        );
+        assert_eq!(ipt_comment("n", "c"), r#"name: "n" id: "c""#);
+        let c = nft_comment("mynet", "eth0", "abc");
+        assert!(c.starts_with(&format!("{}-", hash_net("mynet"))));
+        assert!(c.ends_with(", net: mynet, if: eth0, id: abc"));
+        assert!(nft_comment(&"x".repeat(200), "eth0", "c").len() <= 128);
+    }
+
+    #[test]
+    fn nft_script() {
+        let ips: Vec<IpNet> = vec![
+            "10.0.0.2/24".parse().unwrap(),
+            "fd00::2/64".parse().unwrap(),
+        ];
+        let s = nft_setup_script(&ips, "n", "eth0", "c", &[5]);
+        assert!(s.contains("flush chain inet cni_plugins_masquerade postrouting\n"));
+        assert!(s.contains("delete rule inet cni_plugins_masquerade masq_checks handle 5\n"));
+        assert!(s.contains("ip saddr == 10.0.0.2 ip daddr != 10.0.0.0/24 masquerade comment"));
+        assert!(s.contains("ip6 saddr == fd00::2 ip6 daddr != fd00::/64 masquerade comment"));
+    }
+
+    #[test]
+    fn ipt_scripts() {
+        let ips: Vec<IpNet> = vec!["10.0.0.2/24".parse().unwrap()];
+        let chain = chain_name("n", "c");
+        let s = ipt_setup_script(&ips, "n", "c", "");
+        assert!(s.contains(&format!(":{chain} - [0:0]\n")));
+        assert!(s.contains(&format!("-A {chain} -d 10.0.0.0/24 -m comment --comment \"name: \\\"n\\\" id: \\\"c\\\"\" -j ACCEPT")));
+        assert!(s.contains(&format!("-A POSTROUTING -s 10.0.0.2/32 -m comment --comment \"name: \\\"n\\\" id: \\\"c\\\"\" -j {chain}")));
+        // iptables-save's own rendering of what we (or the Go plugin) added:
+        let save = format!(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n:{chain} - [0:0]\n-A POSTROUTING -s 10.0.0.2/32 -m comment --comment \"name: \\\"n\\\" id: \\\"c\\\"\" -j {chain}\nCOMMIT\n"
+        );
+        assert!(!ipt_setup_script(&ips, "n", "c", &save).contains("-A POSTROUTING"));
+        let t = ipt_teardown_script(&chain, &save).unwrap();
+        assert!(t.contains(&format!("-D POSTROUTING -s 10.0.0.2/32 -m comment --comment \"name: \\\"n\\\" id: \\\"c\\\"\" -j {chain}\n")));
+        assert!(t.contains(&format!("-F {chain}\n-X {chain}\n")));
+        assert!(ipt_teardown_script(&chain, "*nat\nCOMMIT\n").is_none());
+        assert_eq!(ipt_owned_cids("n", &save), vec!["c".to_string()]);
+        assert!(ipt_owned_cids("other", &save).is_empty());
+    }
+}
