@@ -9,10 +9,11 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
 mod loopback;
+mod ptp;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
-static APPLETS: &[Applet] = &[bridge::APPLET, loopback::APPLET];
+static APPLETS: &[Applet] = &[bridge::APPLET, loopback::APPLET, ptp::APPLET];
 
 fn main() {
     skel::register(APPLETS);
