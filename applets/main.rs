@@ -10,10 +10,17 @@ use cnibox::cni::skel::{self, Applet, Kind};
 mod bridge;
 mod loopback;
 mod ptp;
+#[path = "static.rs"]
+mod static_ipam;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
-static APPLETS: &[Applet] = &[bridge::APPLET, loopback::APPLET, ptp::APPLET];
+static APPLETS: &[Applet] = &[
+    bridge::APPLET,
+    loopback::APPLET,
+    ptp::APPLET,
+    static_ipam::APPLET,
+];
 
 fn main() {
     skel::register(APPLETS);
@@ -138,11 +145,13 @@ fn install(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     for a in APPLETS {
         let link = dir.join(a.name);
         match std::fs::symlink_metadata(&link) {
-            Ok(md) if md.file_type().is_symlink() => {
-                if std::fs::read_link(&link).ok().as_deref() == Some(exe.as_path()) {
-                    continue;
-                }
+            Ok(md)
+                if md.file_type().is_symlink()
+                    && std::fs::read_link(&link).ok().as_deref() == Some(exe.as_path()) =>
+            {
+                continue;
             }
+            Ok(md) if md.file_type().is_symlink() => {}
             Ok(_) if !force => {
                 refused.push(a.name);
                 continue;

@@ -237,8 +237,10 @@ pub fn first_host(net: &IpNet) -> IpAddr {
 /// little behind as possible.
 #[derive(Default)]
 pub struct Rollback<'a> {
-    steps: Vec<(String, Box<dyn FnOnce() -> Result<()> + 'a>)>,
+    steps: Vec<(String, UndoStep<'a>)>,
 }
+
+type UndoStep<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
 
 impl<'a> Rollback<'a> {
     pub fn push(&mut self, what: impl Into<String>, step: impl FnOnce() -> Result<()> + 'a) {

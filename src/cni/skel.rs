@@ -365,13 +365,13 @@ fn dispatch(
     // once, missing variables are collected and reported together.
     let required = |var: &str| -> bool {
         use Command::*;
-        match (var, cmd) {
-            ("CNI_CONTAINERID", Some(Add | Del | Check)) => true,
-            ("CNI_NETNS", Some(Add | Check)) => true,
-            ("CNI_IFNAME", Some(Add | Del | Check)) => true,
-            ("CNI_PATH", Some(Gc)) => true,
-            _ => false,
-        }
+        matches!(
+            (var, cmd),
+            ("CNI_CONTAINERID", Some(Add | Del | Check))
+                | ("CNI_NETNS", Some(Add | Check))
+                | ("CNI_IFNAME", Some(Add | Del | Check))
+                | ("CNI_PATH", Some(Gc))
+        )
     };
     let mut missing = Vec::new();
     let mut get = |var: &str, validate: Option<fn(&str) -> Result<()>>| -> Result<String> {

@@ -192,7 +192,8 @@ pub fn parse_cidr(s: &str) -> Result<IpNet> {
         .map_err(|_| anyhow!("invalid CIDR address: {s}"))
 }
 
-fn parse_route(v: &Value) -> Result<Route> {
+/// Parse one route object (`dst`, `gw`, `mtu`, `advmss`, `priority`, `table`, `scope`).
+pub fn parse_route(v: &Value) -> Result<Route> {
     let o = as_obj(v, "route")?;
     Ok(Route {
         dst: parse_cidr(&get_str(o, "dst")?)?,

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# make bench: cnibox and the Go reference plugins (v1.9.1, ../shared/oracle) side by side,
+# same configs, same machine, same run. Each iteration is a full ADD, CHECK, DEL of one
+# container in its own throwaway namespaces; every step is timed separately and the
+# medians and the Go/cnibox ratio are printed. Numbers, never assertions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${BENCH_N:-50}
+CNIBOX=${CNIBOX:-target/release/cnibox}
+ORACLE=${ORACLE:-target/oracle}
+[ -x "$CNIBOX" ] || { echo "bench: build first (make build)"; exit 1; }
+[ -x "$ORACLE/bridge" ] || ../shared/oracle/unpack "$ORACLE"
+
+if [ "${1:-}" != --inner ]; then
+  # Outer part: throwaway host and container namespaces, then the timing loop runs
+  # inside the host namespace so only the plugin process itself is timed.
+  work=$(mktemp -d /tmp/cnibox-bench.XXXXXX)
+  hostns=cbxbench-h-$$
+  contns=cbxbench-c-$$
+  cleanup() {
+    ip netns del "$contns" 2>/dev/null || true
+    ip netns del "$hostns" 2>/dev/null || true
+    rm -rf "$work"
+  }
+  trap cleanup EXIT
+  mkdir -p "$work/rs"
+  for a in $("$CNIBOX" --list); do ln -s "$(readlink -f "$CNIBOX")" "$work/rs/$a"; done
+  ip netns add "$hostns"
+  ip netns add "$contns"
+  ip netns exec "$hostns" ip link set lo up
+  WORK=$work CONTNS=$contns ORACLE=$(readlink -f "$ORACLE") ip netns exec "$hostns" "$0" --inner
+  exit
+fi
+work=$WORK
+contns=$CONTNS
+
+# now_ns: nanoseconds from the monotonic clock, without a fork.
+now_ns() { local t=$EPOCHREALTIME; echo $(( ${t/./} * 1000 )); }
+
+# step IMPL CMD CONF: run one plugin call in the host netns, print its duration in us.
+step() {
+  local dir=$1 cmd=$2 conf=$3 plugin
+  plugin=$(jq -r .type <<<"$conf")
+  local t0 t1
+  t0=$(now_ns)
+  CNI_COMMAND="$cmd" CNI_CONTAINERID=bench1 CNI_NETNS="/run/netns/$contns" \
+    CNI_IFNAME=eth0 CNI_PATH="$dir" "$dir/$plugin" <<<"$conf" >"$work/out" 2>"$work/err" || {
+      echo "bench: $dir/$plugin $cmd failed:"; cat "$work/out" "$work/err"; exit 1; }
+  t1=$(now_ns)
+  echo $(( (t1 - t0) / 1000 ))
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
+
+scenario() {
+  local label=$1 base=$2
+  for impl in go rs; do
+    local dir=$work/rs; [ $impl = go ] && dir=$ORACLE
+    : >"$work/$impl.add"; : >"$work/$impl.check"; : >"$work/$impl.del"
+    for i in $(seq "$N"); do
+      local conf=${base//@DATA@/$work/data-$impl}
+      step "$dir" ADD "$conf" >>"$work/$impl.add"
+      local prev; prev=$(cat "$work/out")
+      local cconf; cconf=$(jq -c --argjson p "$prev" '. + {prevResult: $p}' <<<"$conf")
+      step "$dir" CHECK "$cconf" >>"$work/$impl.check"
+      step "$dir" DEL "$cconf" >>"$work/$impl.del"
+    done
+  done
+  for op in add check del; do
+    local g r; g=$(median <"$work/go.$op"); r=$(median <"$work/rs.$op")
+    printf '%-34s %-6s go %7d us   cnibox %7d us   go/cnibox %5.1fx\n' "$label" "$op" "$g" "$r" \
+      "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')"
+  done
+}
+
+echo "cnibox bench: $N iterations per step, medians (wall time of one plugin process, incl. IPAM)"
+echo "cnibox: $("$CNIBOX" --version), $(stat -c %s "$(readlink -f "$CNIBOX")") bytes; Go reference: v1.9.1"
+scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
+scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
+scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
+scenario "ptp + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"ptp","ipam":{"type":"host-local","subnet":"10.98.0.0/24","dataDir":"@DATA@"}}'
