@@ -8,6 +8,8 @@
 use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
+#[path = "host-local.rs"]
+mod host_local;
 mod loopback;
 mod ptp;
 #[path = "static.rs"]
@@ -17,6 +19,7 @@ mod static_ipam;
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
+    host_local::APPLET,
     loopback::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,

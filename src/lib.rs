@@ -11,6 +11,7 @@
 pub mod cni;
 pub mod error;
 pub mod fw;
+pub mod ipam;
 pub mod l3;
 pub mod netlink;
 pub mod netns;

@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 fn ipam(rig: &Rig, ranges: Value) -> Value {
     json!({"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()})
@@ -37,7 +39,9 @@ fn link(ns: &Netns, name: &str) -> Option<Value> {
 
 fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
     let (ip, len) = cidr.split_once('/').unwrap();
-    addrs(ns, ifname).iter().any(|a| a["local"] == ip && a["prefixlen"].to_string() == len)
+    addrs(ns, ifname)
+        .iter()
+        .any(|a| a["local"] == ip && a["prefixlen"].to_string() == len)
 }
 
 fn with_prev(conf: &Value, prev: &Value) -> Value {
@@ -49,12 +53,25 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 /// ADD, check the result and kernel state, CHECK (≥0.4.0), DEL twice.
 fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
     let rig = Rig::new();
-    let conf = br_conf(&rig, ver, json!({"isGateway": true, "isDefaultGateway": default_gw}), ranges.clone());
+    let conf = br_conf(
+        &rig,
+        ver,
+        json!({"isGateway": true, "isDefaultGateway": default_gw}),
+        ranges.clone(),
+    );
     let n_ips = ranges.as_array().unwrap().len();
     let out = rig.call("bridge", "ADD", &conf).run();
     if (ver == "0.1.0" || ver == "0.2.0") && n_ips > 2 {
-        assert!(out.stdout.contains("does not support more than 1 address per family"), "{}", out.stdout);
-        assert!(link(&rig.cont, "eth0").is_none(), "failed ADD must leave no link");
+        assert!(
+            out.stdout
+                .contains("does not support more than 1 address per family"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            link(&rig.cont, "eth0").is_none(),
+            "failed ADD must leave no link"
+        );
         return;
     }
     let v = out.ok().clone();
@@ -67,19 +84,28 @@ fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
         let ifs = v["interfaces"].as_array().unwrap();
         assert_eq!(ifs.len(), 3, "{v}");
         assert_eq!(ifs[0]["name"], "cbr0");
-        assert_eq!(ifs[0]["mac"], br["address"], "result carries the real bridge MAC");
+        assert_eq!(
+            ifs[0]["mac"], br["address"],
+            "result carries the real bridge MAC"
+        );
         assert!(ifs[1]["name"].as_str().unwrap().starts_with("veth"));
         assert_eq!(ifs[2]["name"], "eth0");
         assert_eq!(ifs[2]["sandbox"], rig.cont.path.to_str().unwrap());
         assert_eq!(ifs[2]["mac"], cont["address"]);
-        assert_ne!(ifs[0]["mac"], ifs[2]["mac"], "bridge MAC is pinned, not the container's");
+        assert_ne!(
+            ifs[0]["mac"], ifs[2]["mac"],
+            "bridge MAC is pinned, not the container's"
+        );
         for ip in v["ips"].as_array().unwrap() {
             assert_eq!(ip["interface"], 2);
             let addr = ip["address"].as_str().unwrap();
             assert!(has_addr(&rig.cont, "eth0", addr), "{addr} on eth0");
             let gw = ip["gateway"].as_str().unwrap();
             let len = addr.split('/').nth(1).unwrap();
-            assert!(has_addr(&rig.host, "cbr0", &format!("{gw}/{len}")), "gateway {gw}/{len} on the bridge");
+            assert!(
+                has_addr(&rig.host, "cbr0", &format!("{gw}/{len}")),
+                "gateway {gw}/{len} on the bridge"
+            );
         }
         assert_eq!(v["ips"].as_array().unwrap().len(), n_ips);
     }
@@ -88,11 +114,23 @@ fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
         let r6 = routes(&rig.cont, true);
         let has_v4 = ranges.to_string().contains("10.1.2.0");
         let has_v6 = ranges.to_string().contains("2001:db8");
-        assert_eq!(r4.iter().any(|r| r["dst"] == "default" && r["gateway"] == "10.1.2.1"), has_v4, "{r4:?}");
-        assert_eq!(r6.iter().any(|r| r["dst"] == "default" && r["gateway"] == "2001:db8:1::1"), has_v6, "{r6:?}");
+        assert_eq!(
+            r4.iter()
+                .any(|r| r["dst"] == "default" && r["gateway"] == "10.1.2.1"),
+            has_v4,
+            "{r4:?}"
+        );
+        assert_eq!(
+            r6.iter()
+                .any(|r| r["dst"] == "default" && r["gateway"] == "2001:db8:1::1"),
+            has_v6,
+            "{r6:?}"
+        );
     }
     if ver >= "0.4.0" {
-        rig.call("bridge", "CHECK", &with_prev(&conf, &v)).run().ok();
+        rig.call("bridge", "CHECK", &with_prev(&conf, &v))
+            .run()
+            .ok();
     }
     let host_veth = v["interfaces"][1]["name"].as_str().map(str::to_string);
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
@@ -102,8 +140,17 @@ fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
     }
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
     // host-local files are gone
-    let files: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(files.iter().all(|f| f == "lock" || f.starts_with("last_reserved_ip") || f.starts_with('.')), "{files:?}");
+    let files: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f == "lock" || f.starts_with("last_reserved_ip") || f.starts_with('.')),
+        "{files:?}"
+    );
 }
 
 #[test]
@@ -147,7 +194,12 @@ fn resolv_conf_feeds_dns() {
     // A plugin-level dns replaces IPAM's.
     let mut conf2 = conf.clone();
     conf2["dns"] = json!({"nameservers": []});
-    let v2 = rig.call("bridge", "ADD", &conf2).id("c2").run().ok().clone();
+    let v2 = rig
+        .call("bridge", "ADD", &conf2)
+        .id("c2")
+        .run()
+        .ok()
+        .clone();
     assert!(v2.get("dns").is_none(), "{v2}");
 }
 
@@ -161,10 +213,18 @@ fn existing_bridge_is_reused_and_non_bridge_refused() {
     assert_eq!(link(&rig.host, "cbr0").unwrap()["ifindex"], before);
 
     let rig = Rig::new();
-    rig.host.ip(&["link", "add", "cbr0", "type", "veth", "peer", "name", "cbr0p"]);
+    rig.host.ip(&[
+        "link", "add", "cbr0", "type", "veth", "peer", "name", "cbr0p",
+    ]);
     let conf = br_conf(&rig, "1.0.0", json!({}), v4());
     let out = rig.call("bridge", "ADD", &conf).run();
-    assert!(out.stdout.contains("\\\"cbr0\\\" already exists but is not a bridge") || out.stdout.contains("already exists but is not a bridge"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("\\\"cbr0\\\" already exists but is not a bridge")
+            || out.stdout.contains("already exists but is not a bridge"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -175,17 +235,28 @@ fn l2_only() {
     assert!(v.get("ips").is_none());
     let cont = link(&rig.cont, "eth0").unwrap();
     assert!(cont["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert!(addrs(&rig.cont, "eth0").iter().all(|a| a["scope"] == "link"));
+    assert!(addrs(&rig.cont, "eth0")
+        .iter()
+        .all(|a| a["scope"] == "link"));
     // Fixed: CHECK of an L2 bridge works (the reference fails with "no plugin name").
-    rig.call("bridge", "CHECK", &with_prev(&conf, &v)).run().ok();
+    rig.call("bridge", "CHECK", &with_prev(&conf, &v))
+        .run()
+        .ok();
     rig.call("bridge", "DEL", &conf).run().ok();
     assert!(link(&rig.cont, "eth0").is_none());
     for ver in ["0.1.0", "0.2.0"] {
         let mut c = conf.clone();
         c["cniVersion"] = json!(ver);
         let out = rig.call("bridge", "ADD", &c).run();
-        assert!(out.stdout.contains("cannot convert: no valid IP addresses"), "{}", out.stdout);
-        assert!(link(&rig.cont, "eth0").is_none(), "nothing created for a result that cannot be printed");
+        assert!(
+            out.stdout.contains("cannot convert: no valid IP addresses"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            link(&rig.cont, "eth0").is_none(),
+            "nothing created for a result that cannot be printed"
+        );
     }
 }
 
@@ -195,8 +266,17 @@ fn port_vlans(ns: &Netns, dev: &str) -> Vec<(u64, bool, bool)> {
     let mut res = Vec::new();
     for port in v.as_array().into_iter().flatten() {
         for e in port["vlans"].as_array().into_iter().flatten() {
-            let flags: Vec<String> = e["flags"].as_array().into_iter().flatten().map(|f| f.as_str().unwrap_or("").to_string()).collect();
-            res.push((e["vlan"].as_u64().unwrap_or(0), flags.iter().any(|f| f == "PVID"), flags.iter().any(|f| f == "Egress Untagged")));
+            let flags: Vec<String> = e["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| f.as_str().unwrap_or("").to_string())
+                .collect();
+            res.push((
+                e["vlan"].as_u64().unwrap_or(0),
+                flags.iter().any(|f| f == "PVID"),
+                flags.iter().any(|f| f == "Egress Untagged"),
+            ));
         }
     }
     res
@@ -206,14 +286,32 @@ fn port_vlans(ns: &Netns, dev: &str) -> Vec<(u64, bool, bool)> {
 fn vlans() {
     let cases: Vec<(Value, Vec<(u64, bool, bool)>)> = vec![
         (json!({"vlan": 100}), vec![(100, true, true)]),
-        (json!({"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 202}]}), vec![(1, true, true), (101, false, false), (200, false, false), (201, false, false), (202, false, false)]),
-        (json!({"vlan": 100, "vlanTrunk": [{"id": 101}]}), vec![(100, true, true), (101, false, false)]),
-        (json!({"vlan": 100, "preserveDefaultVlan": true}), vec![(1, false, true), (100, true, true)]),
+        (
+            json!({"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 202}]}),
+            vec![
+                (1, true, true),
+                (101, false, false),
+                (200, false, false),
+                (201, false, false),
+                (202, false, false),
+            ],
+        ),
+        (
+            json!({"vlan": 100, "vlanTrunk": [{"id": 101}]}),
+            vec![(100, true, true), (101, false, false)],
+        ),
+        (
+            json!({"vlan": 100, "preserveDefaultVlan": true}),
+            vec![(1, false, true), (100, true, true)],
+        ),
     ];
     for (extra, mut want) in cases {
         let rig = Rig::new();
-        let mut conf = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cbr0"});
-        conf.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let mut conf =
+            json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cbr0"});
+        conf.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
         let br = link(&rig.host, "cbr0").unwrap();
         assert_eq!(br["linkinfo"]["info_data"]["vlan_filtering"], 1, "{extra}");
@@ -229,7 +327,12 @@ fn vlans() {
 fn l3_with_vlan_gateway() {
     for preserve in [false, true] {
         let rig = Rig::new();
-        let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true, "vlan": 100, "preserveDefaultVlan": preserve}), v4());
+        let conf = br_conf(
+            &rig,
+            "1.0.0",
+            json!({"isGateway": true, "vlan": 100, "preserveDefaultVlan": preserve}),
+            v4(),
+        );
         let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
         let ifs = v["interfaces"].as_array().unwrap();
         assert_eq!(ifs.len(), 4);
@@ -250,9 +353,18 @@ fn l3_with_vlan_gateway() {
 #[test]
 fn del_of_never_added_is_success() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"ipMasq": true, "macspoofchk": true}), v4());
+    let conf = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"ipMasq": true, "macspoofchk": true}),
+        v4(),
+    );
     rig.call("bridge", "DEL", &conf).id("nobody").run().ok();
-    rig.call("bridge", "DEL", &conf).id("nobody").netns("").run().ok();
+    rig.call("bridge", "DEL", &conf)
+        .id("nobody")
+        .netns("")
+        .run()
+        .ok();
 }
 
 #[test]
@@ -260,28 +372,65 @@ fn bridge_address_conflicts() {
     let rig = Rig::new();
     let a = br_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     rig.call("bridge", "ADD", &a).run().ok();
-    let mut b = br_conf(&rig, "1.0.0", json!({"isGateway": true}), json!([[{"subnet": "10.1.3.0/24"}]]));
+    let mut b = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"isGateway": true}),
+        json!([[{"subnet": "10.1.3.0/24"}]]),
+    );
     b["name"] = json!("other");
     let cont2 = rig.add_cont();
-    let out = rig.call("bridge", "ADD", &b).id("c2").netns(cont2.path.to_str().unwrap()).run();
-    assert!(out.stdout.contains("already has an IP address different from 10.1.3.1/24"), "{}", out.stdout);
+    let out = rig
+        .call("bridge", "ADD", &b)
+        .id("c2")
+        .netns(cont2.path.to_str().unwrap())
+        .run();
+    assert!(
+        out.stdout
+            .contains("already has an IP address different from 10.1.3.1/24"),
+        "{}",
+        out.stdout
+    );
     // The failed ADD released its IP and removed its veth.
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("other")).unwrap().filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("10.")).collect();
+    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("other"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(link(&cont2, "eth0").is_none());
     b["forceAddress"] = json!(true);
-    rig.call("bridge", "ADD", &b).id("c2").netns(cont2.path.to_str().unwrap()).run().ok();
+    rig.call("bridge", "ADD", &b)
+        .id("c2")
+        .netns(cont2.path.to_str().unwrap())
+        .run()
+        .ok();
     assert!(has_addr(&rig.host, "cbr0", "10.1.3.1/24"));
     assert!(!has_addr(&rig.host, "cbr0", "10.1.2.1/24"));
 
     // IPv6: non-overlapping prefixes accumulate.
     let rig = Rig::new();
-    rig.call("bridge", "ADD", &br_conf(&rig, "1.0.0", json!({"isGateway": true}), v6())).run().ok();
-    let mut b = br_conf(&rig, "1.0.0", json!({"isGateway": true}), json!([[{"subnet": "2001:db8:2::/64"}]]));
+    rig.call(
+        "bridge",
+        "ADD",
+        &br_conf(&rig, "1.0.0", json!({"isGateway": true}), v6()),
+    )
+    .run()
+    .ok();
+    let mut b = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"isGateway": true}),
+        json!([[{"subnet": "2001:db8:2::/64"}]]),
+    );
     b["name"] = json!("other6");
     let cont2 = rig.add_cont();
-    rig.call("bridge", "ADD", &b).id("c2").netns(cont2.path.to_str().unwrap()).run().ok();
+    rig.call("bridge", "ADD", &b)
+        .id("c2")
+        .netns(cont2.path.to_str().unwrap())
+        .run()
+        .ok();
     assert!(has_addr(&rig.host, "cbr0", "2001:db8:1::1/64"));
     assert!(has_addr(&rig.host, "cbr0", "2001:db8:2::1/64"));
 }
@@ -289,10 +438,22 @@ fn bridge_address_conflicts() {
 #[test]
 fn promisc_hairpin_isolation() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"promiscMode": true, "portIsolation": true}), v4());
+    let conf = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"promiscMode": true, "portIsolation": true}),
+        v4(),
+    );
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let br = link(&rig.host, "cbr0").unwrap();
-    assert!(br["flags"].as_array().unwrap().iter().any(|f| f == "PROMISC"), "{br}");
+    assert!(
+        br["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "PROMISC"),
+        "{br}"
+    );
     let host = link(&rig.host, v["interfaces"][1]["name"].as_str().unwrap()).unwrap();
     assert_eq!(host["linkinfo"]["info_slave_data"]["isolated"], true);
     assert_eq!(host["linkinfo"]["info_slave_data"]["hairpin"], false);
@@ -304,9 +465,16 @@ fn promisc_hairpin_isolation() {
     assert_eq!(host["linkinfo"]["info_slave_data"]["hairpin"], true);
     assert_eq!(host["linkinfo"]["info_slave_data"]["isolated"], false);
 
-    let conf = br_conf(&rig, "1.0.0", json!({"hairpinMode": true, "promiscMode": true}), v4());
+    let conf = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"hairpinMode": true, "promiscMode": true}),
+        v4(),
+    );
     let out = rig.call("bridge", "ADD", &conf).id("c3").run();
-    assert!(out.stdout.contains("cannot set hairpin mode and promiscuous mode at the same time"));
+    assert!(out
+        .stdout
+        .contains("cannot set hairpin mode and promiscuous mode at the same time"));
 }
 
 #[test]
@@ -316,7 +484,13 @@ fn stable_bridge_mac() {
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let mac = link(&rig.host, "cbr0").unwrap()["address"].clone();
     let c2 = rig.add_cont();
-    let v2 = rig.call("bridge", "ADD", &conf).id("c2").netns(c2.path.to_str().unwrap()).run().ok().clone();
+    let v2 = rig
+        .call("bridge", "ADD", &conf)
+        .id("c2")
+        .netns(c2.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
     assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], mac);
     assert_eq!(v2["interfaces"][0]["mac"], mac);
@@ -326,19 +500,43 @@ fn stable_bridge_mac() {
 fn container_mac_precedence() {
     let rig = Rig::new();
     let base = br_conf(&rig, "1.0.0", json!({}), v4());
-    let v = rig.call("bridge", "ADD", &base).args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa").run().ok().clone();
+    let v = rig
+        .call("bridge", "ADD", &base)
+        .args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa")
+        .run()
+        .ok()
+        .clone();
     assert_eq!(v["interfaces"][2]["mac"], "0a:58:0a:01:02:aa");
-    rig.call("bridge", "DEL", &base).args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa").run().ok();
+    rig.call("bridge", "DEL", &base)
+        .args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa")
+        .run()
+        .ok();
     let mut c = base.clone();
     c["args"] = json!({"cni": {"mac": "0a:58:0a:01:02:bb"}});
-    let v = rig.call("bridge", "ADD", &c).args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa").run().ok().clone();
+    let v = rig
+        .call("bridge", "ADD", &c)
+        .args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa")
+        .run()
+        .ok()
+        .clone();
     assert_eq!(v["interfaces"][2]["mac"], "0a:58:0a:01:02:bb");
-    rig.call("bridge", "DEL", &c).args("IgnoreUnknown=1").run().ok();
+    rig.call("bridge", "DEL", &c)
+        .args("IgnoreUnknown=1")
+        .run()
+        .ok();
     c["capabilities"] = json!({"mac": true});
     c["runtimeConfig"] = json!({"mac": "0a:58:0a:01:02:cc"});
-    let v = rig.call("bridge", "ADD", &c).args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa").run().ok().clone();
+    let v = rig
+        .call("bridge", "ADD", &c)
+        .args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa")
+        .run()
+        .ok()
+        .clone();
     assert_eq!(v["interfaces"][2]["mac"], "0a:58:0a:01:02:cc");
-    assert_eq!(link(&rig.cont, "eth0").unwrap()["address"], "0a:58:0a:01:02:cc");
+    assert_eq!(
+        link(&rig.cont, "eth0").unwrap()["address"],
+        "0a:58:0a:01:02:cc"
+    );
 }
 
 #[test]
@@ -352,11 +550,18 @@ fn ip_masq_backends() {
             }
             let conf = br_conf(&rig, ver, extra, v4());
             let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
-            let ip = v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+            let ip = v["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
             let nft = backend == Some("nftables");
             let present = |rig: &Rig| {
                 if nft {
-                    nft_ruleset(&rig.host).contains(&format!("ip saddr {ip} ip daddr != 10.1.2.0/24 masquerade"))
+                    nft_ruleset(&rig.host)
+                        .contains(&format!("ip saddr {ip} ip daddr != 10.1.2.0/24 masquerade"))
                 } else {
                     iptables_save(&rig.host, false).contains(&format!("-A POSTROUTING -s {ip}/32"))
                 }
@@ -364,7 +569,10 @@ fn ip_masq_backends() {
             assert!(present(&rig), "{backend:?} {ver}");
             rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
             assert!(!present(&rig), "{backend:?} {ver}: rules removed");
-            assert!(!iptables_save(&rig.host, false).contains("CNI-"), "chain removed");
+            assert!(
+                !iptables_save(&rig.host, false).contains("CNI-"),
+                "chain removed"
+            );
         }
     }
 }
@@ -373,7 +581,12 @@ fn ip_masq_backends() {
 fn del_with_netns_gone_still_removes_rules() {
     for backend in ["iptables", "nftables"] {
         let mut rig = Rig::new();
-        let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": backend, "macspoofchk": true}), v4());
+        let conf = br_conf(
+            &rig,
+            "1.0.0",
+            json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": backend, "macspoofchk": true}),
+            v4(),
+        );
         rig.call("bridge", "ADD", &conf).run().ok();
         assert!(nft_ruleset(&rig.host).contains("macspoofchk-"));
         let gone = rig.cont.path.to_str().unwrap().to_string();
@@ -384,8 +597,12 @@ fn del_with_netns_gone_still_removes_rules() {
         assert!(!nft.contains("masquerade comment"), "{nft}");
         assert!(!iptables_save(&rig.host, false).contains("CNI-"));
         // and the IP is released
-        let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet")).unwrap().filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("10.")).collect();
+        let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("10."))
+            .collect();
         assert!(left.is_empty(), "{left:?}");
     }
 }
@@ -400,20 +617,37 @@ fn check_detects_changes() {
         rig.call("bridge", "CHECK", &c).run().ok();
         let addr = v["ips"][0]["address"].as_str().unwrap();
         rig.cont.ip(&["addr", "del", addr, "dev", "eth0"]);
-        assert_eq!(rig.call("bridge", "CHECK", &c).run().code, 1, "missing address detected");
+        assert_eq!(
+            rig.call("bridge", "CHECK", &c).run().code,
+            1,
+            "missing address detected"
+        );
     }
     let rig = Rig::new();
     let conf = br_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let c = with_prev(&conf, &v);
     rig.cont.ip(&["route", "del", "default"]);
-    assert_eq!(rig.call("bridge", "CHECK", &c).run().code, 1, "missing route detected");
-    rig.cont.ip(&["link", "set", "eth0", "address", "0a:58:00:00:00:01"]);
-    assert_eq!(rig.call("bridge", "CHECK", &c).run().code, 1, "changed MAC detected");
+    assert_eq!(
+        rig.call("bridge", "CHECK", &c).run().code,
+        1,
+        "missing route detected"
+    );
+    rig.cont
+        .ip(&["link", "set", "eth0", "address", "0a:58:00:00:00:01"]);
+    assert_eq!(
+        rig.call("bridge", "CHECK", &c).run().code,
+        1,
+        "changed MAC detected"
+    );
     let mut old = c.clone();
     old["cniVersion"] = json!("0.3.1");
     old["prevResult"]["cniVersion"] = json!("0.3.1");
-    assert!(rig.call("bridge", "CHECK", &old).run().stdout.contains("config version does not allow CHECK"));
+    assert!(rig
+        .call("bridge", "CHECK", &old)
+        .run()
+        .stdout
+        .contains("config version does not allow CHECK"));
 }
 
 #[test]
@@ -423,7 +657,10 @@ fn macspoofchk_rules() {
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let nft = nft_ruleset(&rig.host);
     let mac = v["interfaces"][2]["mac"].as_str().unwrap();
-    assert!(nft.contains("chain cni-br-iface-") && nft.contains(&format!("ether saddr {mac} return")), "{nft}");
+    assert!(
+        nft.contains("chain cni-br-iface-") && nft.contains(&format!("ether saddr {mac} return")),
+        "{nft}"
+    );
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
     let nft = nft_ruleset(&rig.host);
     assert!(!nft.contains("cni-br-iface-"), "{nft}");
@@ -432,9 +669,16 @@ fn macspoofchk_rules() {
 #[test]
 fn disable_container_interface() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"disableContainerInterface": true}), v4());
+    let conf = br_conf(
+        &rig,
+        "1.0.0",
+        json!({"disableContainerInterface": true}),
+        v4(),
+    );
     let out = rig.call("bridge", "ADD", &conf).run();
-    assert!(out.stdout.contains("cannot use IPAM when DisableContainerInterface flag is set"));
+    assert!(out
+        .stdout
+        .contains("cannot use IPAM when DisableContainerInterface flag is set"));
     let conf = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cbr0", "disableContainerInterface": true});
     rig.call("bridge", "ADD", &conf).run().ok();
     let cont = link(&rig.cont, "eth0").unwrap();
@@ -445,23 +689,57 @@ fn disable_container_interface() {
 fn config_validation() {
     let rig = Rig::new();
     let cases = [
-        (json!({"vlan": -1}), "invalid VLAN ID -1 (must be between 0 and 4094)"),
-        (json!({"vlan": 5000}), "invalid VLAN ID 5000 (must be between 0 and 4094)"),
-        (json!({"vlanTrunk": [{"maxID": 10}]}), "minID and maxID should be configured simultaneously, minID is missing"),
-        (json!({"vlanTrunk": [{"minID": 10}]}), "minID and maxID should be configured simultaneously, maxID is missing"),
-        (json!({"vlanTrunk": [{"minID": -1, "maxID": 10}]}), "incorrect trunk minID parameter"),
-        (json!({"vlanTrunk": [{"minID": 1, "maxID": 5000}]}), "incorrect trunk maxID parameter"),
-        (json!({"vlanTrunk": [{"minID": 20, "maxID": 10}]}), "minID is greater than maxID in trunk parameter"),
-        (json!({"vlanTrunk": [{"id": 0}]}), "incorrect trunk id parameter"),
+        (
+            json!({"vlan": -1}),
+            "invalid VLAN ID -1 (must be between 0 and 4094)",
+        ),
+        (
+            json!({"vlan": 5000}),
+            "invalid VLAN ID 5000 (must be between 0 and 4094)",
+        ),
+        (
+            json!({"vlanTrunk": [{"maxID": 10}]}),
+            "minID and maxID should be configured simultaneously, minID is missing",
+        ),
+        (
+            json!({"vlanTrunk": [{"minID": 10}]}),
+            "minID and maxID should be configured simultaneously, maxID is missing",
+        ),
+        (
+            json!({"vlanTrunk": [{"minID": -1, "maxID": 10}]}),
+            "incorrect trunk minID parameter",
+        ),
+        (
+            json!({"vlanTrunk": [{"minID": 1, "maxID": 5000}]}),
+            "incorrect trunk maxID parameter",
+        ),
+        (
+            json!({"vlanTrunk": [{"minID": 20, "maxID": 10}]}),
+            "minID is greater than maxID in trunk parameter",
+        ),
+        (
+            json!({"vlanTrunk": [{"id": 0}]}),
+            "incorrect trunk id parameter",
+        ),
         (json!({"mtu": "1500"}), "failed to load netconf"),
-        (json!({"ipMasq": true, "ipMasqBackend": "pf"}), "unknown ipmasq backend"),
+        (
+            json!({"ipMasq": true, "ipMasqBackend": "pf"}),
+            "unknown ipmasq backend",
+        ),
     ];
     for (extra, msg) in cases {
         let conf = br_conf(&rig, "1.0.0", extra.clone(), v4());
         let out = rig.call("bridge", "ADD", &conf).run();
         assert_eq!(out.code, 1, "{extra}");
-        assert!(out.stdout.contains(msg), "{extra}: want {msg:?} in {}", out.stdout);
-        assert!(link(&rig.cont, "eth0").is_none(), "{extra}: nothing left behind");
+        assert!(
+            out.stdout.contains(msg),
+            "{extra}: want {msg:?} in {}",
+            out.stdout
+        );
+        assert!(
+            link(&rig.cont, "eth0").is_none(),
+            "{extra}: nothing left behind"
+        );
     }
     // Trunk normalisation: duplicates collapse, order does not matter.
     let conf = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cbr0",
@@ -469,7 +747,15 @@ fn config_validation() {
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let mut got = port_vlans(&rig.host, v["interfaces"][1]["name"].as_str().unwrap());
     got.sort();
-    assert_eq!(got, vec![(1, true, true), (3, false, false), (4, false, false), (5, false, false)]);
+    assert_eq!(
+        got,
+        vec![
+            (1, true, true),
+            (3, false, false),
+            (4, false, false),
+            (5, false, false)
+        ]
+    );
 }
 
 #[test]
@@ -482,11 +768,26 @@ fn parallel_adds_on_a_new_bridge() {
             let conf = conf.clone();
             let rig = &rig;
             s.spawn(move || {
-                rig.call("bridge", "ADD", &conf).id(&format!("par{i}")).netns(c.path.to_str().unwrap()).run().ok();
+                rig.call("bridge", "ADD", &conf)
+                    .id(&format!("par{i}"))
+                    .netns(c.path.to_str().unwrap())
+                    .run()
+                    .ok();
             });
         }
     });
-    let mut ips: Vec<String> = conts.iter().map(|c| addrs(c, "eth0").iter().find(|a| a["family"] == "inet").unwrap()["local"].as_str().unwrap().to_string()).collect();
+    let mut ips: Vec<String> = conts
+        .iter()
+        .map(|c| {
+            addrs(c, "eth0")
+                .iter()
+                .find(|a| a["family"] == "inet")
+                .unwrap()["local"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 16);
@@ -498,8 +799,22 @@ fn traffic_between_containers_and_host() {
     let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true}), dual());
     let v1 = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let c2 = rig.add_cont();
-    let v2 = rig.call("bridge", "ADD", &conf).id("c2").netns(c2.path.to_str().unwrap()).run().ok().clone();
-    let ip = |v: &Value, i: usize| v["ips"][i]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let v2 = rig
+        .call("bridge", "ADD", &conf)
+        .id("c2")
+        .netns(c2.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
+    let ip = |v: &Value, i: usize| {
+        v["ips"][i]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
     // container -> container (v4 and v6), host -> container
     assert!(ping(&rig.cont, &ip(&v2, 0)), "c1 -> c2 v4");
     assert!(ping(&c2, &ip(&v1, 0)), "c2 -> c1 v4");
@@ -514,8 +829,14 @@ fn differential_against_the_reference() {
     // random names), same container addresses and routes, same nat rules.
     for (extra, ranges) in [
         (json!({"isDefaultGateway": true}), v4()),
-        (json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables"}), dual()),
-        (json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}), v4()),
+        (
+            json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables"}),
+            dual(),
+        ),
+        (
+            json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}),
+            v4(),
+        ),
         (json!({}), json!(null)),
     ] {
         let go = Rig::new();
@@ -531,13 +852,33 @@ fn differential_against_the_reference() {
         let ov = ours.call("bridge", "ADD", &mk(&ours)).run().ok().clone();
         assert_eq!(normalize_result(&gv), normalize_result(&ov), "{extra}");
         let state = |rig: &Rig| {
-            let a: Vec<_> = addrs(&rig.cont, "eth0").iter().filter(|a| a["scope"] == "global").map(|a| a["local"].clone()).collect();
-            let mut r: Vec<_> = routes(&rig.cont, false).into_iter().chain(routes(&rig.cont, true))
-                .filter(|r| r["protocol"] != "kernel").map(|r| (r["dst"].clone(), r["gateway"].clone())).collect();
+            let a: Vec<_> = addrs(&rig.cont, "eth0")
+                .iter()
+                .filter(|a| a["scope"] == "global")
+                .map(|a| a["local"].clone())
+                .collect();
+            let mut r: Vec<_> = routes(&rig.cont, false)
+                .into_iter()
+                .chain(routes(&rig.cont, true))
+                .filter(|r| r["protocol"] != "kernel")
+                .map(|r| (r["dst"].clone(), r["gateway"].clone()))
+                .collect();
             r.sort_by_key(|x| x.0.to_string());
-            let b: Vec<_> = addrs(&rig.host, "cbr0").iter().filter(|a| a["scope"] == "global").map(|a| a["local"].clone()).collect();
-            let ipt: Vec<String> = iptables_save(&rig.host, false).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect();
-            let nft: Vec<String> = nft_ruleset(&rig.host).lines().filter(|l| l.contains("masquerade")).map(|l| l.trim().to_string()).collect();
+            let b: Vec<_> = addrs(&rig.host, "cbr0")
+                .iter()
+                .filter(|a| a["scope"] == "global")
+                .map(|a| a["local"].clone())
+                .collect();
+            let ipt: Vec<String> = iptables_save(&rig.host, false)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .map(str::to_string)
+                .collect();
+            let nft: Vec<String> = nft_ruleset(&rig.host)
+                .lines()
+                .filter(|l| l.contains("masquerade"))
+                .map(|l| l.trim().to_string())
+                .collect();
             (a, r, b, ipt, nft)
         };
         assert_eq!(state(&go), state(&ours), "{extra}");
@@ -552,8 +893,15 @@ fn differential_against_the_reference() {
             assert!(!iptables_save(&rig.host, false).contains("CNI-"));
             assert!(!nft_ruleset(&rig.host).contains("masquerade comment"));
             if !ranges.is_null() {
-                let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet")).unwrap().filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains('.') && !n.starts_with("last") && !n.starts_with('.') || n.contains(':')).collect();
+                let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.contains('.') && !n.starts_with("last") && !n.starts_with('.')
+                            || n.contains(':')
+                    })
+                    .collect();
                 assert!(left.is_empty(), "{left:?}");
             }
         }
@@ -565,25 +913,43 @@ fn cleans_up_after_the_installed_base() {
     // A node running Debian's 1.1.1 plugins switches to cnibox: our DEL removes what
     // the old plugin ADDed (link, IP reservation, masquerade chain).
     let rig = Rig::new();
-    let conf = br_conf(&rig, "0.4.0", json!({"isGateway": true, "ipMasq": true}), v4());
+    let conf = br_conf(
+        &rig,
+        "0.4.0",
+        json!({"isGateway": true, "ipMasq": true}),
+        v4(),
+    );
     let v = rig.call("bridge", "ADD", &conf).debian().run().ok().clone();
     assert!(iptables_save(&rig.host, false).contains("CNI-"));
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
     assert!(link(&rig.cont, "eth0").is_none());
     assert!(!iptables_save(&rig.host, false).contains("CNI-"));
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet")).unwrap().filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("10.")).collect();
+    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn gc_removes_stale_masquerade_and_reservations() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.1.0", json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}), v4());
+    let conf = br_conf(
+        &rig,
+        "1.1.0",
+        json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}),
+        v4(),
+    );
     let mut conts = Vec::new();
     for i in 0..3 {
         let c = rig.new_netns();
-        rig.call("bridge", "ADD", &conf).id(&format!("gc{i}")).netns(c.path.to_str().unwrap()).run().ok();
+        rig.call("bridge", "ADD", &conf)
+            .id(&format!("gc{i}"))
+            .netns(c.path.to_str().unwrap())
+            .run()
+            .ok();
         conts.push(c);
     }
     let mut gc = conf.clone();
@@ -592,7 +958,11 @@ fn gc_removes_stale_masquerade_and_reservations() {
     let nft = nft_ruleset(&rig.host);
     assert_eq!(nft.matches("masquerade comment").count(), 1, "{nft}");
     assert!(nft.contains("id: gc1"));
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet")).unwrap().filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("10.")).collect();
+    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }

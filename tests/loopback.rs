@@ -5,11 +5,15 @@ mod common;
 use common::*;
 use serde_json::json;
 
-const VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 fn lo_up(ns: &Netns) -> bool {
     let v = ns.ip_json(&["link", "show", "lo"]);
-    v[0]["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
+    v[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"))
 }
 
 #[test]
@@ -30,12 +34,24 @@ fn add_check_del_every_version() {
             "0.3.0" | "0.3.1" | "0.4.0" => {
                 assert_eq!(v["interfaces"][0]["name"], "lo");
                 assert_eq!(v["interfaces"][0]["mac"], "00:00:00:00:00:00");
-                assert_eq!(v["interfaces"][0]["sandbox"], rig.cont.path.to_str().unwrap());
-                assert_eq!(v["ips"][0], json!({"version": "4", "interface": 0, "address": "127.0.0.1/8"}));
-                assert_eq!(v["ips"][1], json!({"version": "6", "interface": 0, "address": "::1/128"}));
+                assert_eq!(
+                    v["interfaces"][0]["sandbox"],
+                    rig.cont.path.to_str().unwrap()
+                );
+                assert_eq!(
+                    v["ips"][0],
+                    json!({"version": "4", "interface": 0, "address": "127.0.0.1/8"})
+                );
+                assert_eq!(
+                    v["ips"][1],
+                    json!({"version": "6", "interface": 0, "address": "::1/128"})
+                );
             }
             _ => {
-                assert_eq!(v["ips"][0], json!({"interface": 0, "address": "127.0.0.1/8"}));
+                assert_eq!(
+                    v["ips"][0],
+                    json!({"interface": 0, "address": "127.0.0.1/8"})
+                );
                 assert!(v.get("dns").is_none(), "1.x omits empty dns");
             }
         }
@@ -51,7 +67,10 @@ fn add_check_del_every_version() {
         // DEL is idempotent, and succeeds without a netns or with a vanished one.
         rig.call("loopback", "DEL", &conf).run().ok();
         rig.call("loopback", "DEL", &conf).netns("").run().ok();
-        rig.call("loopback", "DEL", &conf).netns("/run/netns/cbx-does-not-exist").run().ok();
+        rig.call("loopback", "DEL", &conf)
+            .netns("/run/netns/cbx-does-not-exist")
+            .run()
+            .ok();
     }
 }
 
@@ -73,7 +92,10 @@ fn own_netns_is_refused_before_any_change() {
     // code 8 and leave its lo untouched (down).
     let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "loopback"});
     rig.host.ip(&["link", "set", "lo", "down"]);
-    let out = rig.call("loopback", "ADD", &conf).netns(rig.host.path.to_str().unwrap()).run();
+    let out = rig
+        .call("loopback", "ADD", &conf)
+        .netns(rig.host.path.to_str().unwrap())
+        .run();
     assert_eq!(out.err_code(), 8);
     assert!(!lo_up(&rig.host));
 }
@@ -94,8 +116,13 @@ fn differential_against_the_reference() {
         ours.call("loopback", "ADD", &conf).run().ok();
         let strip = |ns: &Netns| {
             let v = ns.ip_json(&["addr", "show", "lo"]);
-            (v[0]["flags"].clone(), v[0]["operstate"].clone(),
-             v[0]["addr_info"].as_array().map(|a| a.iter().map(|x| x["local"].clone()).collect::<Vec<_>>()))
+            (
+                v[0]["flags"].clone(),
+                v[0]["operstate"].clone(),
+                v[0]["addr_info"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x["local"].clone()).collect::<Vec<_>>()),
+            )
         };
         assert_eq!(strip(&rig.cont), strip(&ours.cont));
     }
@@ -111,12 +138,16 @@ fn differential_against_the_reference() {
 #[test]
 fn version_and_about() {
     let rig = Rig::new();
-    let out = rig.call("loopback", "VERSION", &json!({"cniVersion": "0.3.1"})).run();
+    let out = rig
+        .call("loopback", "VERSION", &json!({"cniVersion": "0.3.1"}))
+        .run();
     assert_eq!(out.ok()["cniVersion"], "0.3.1");
     assert_eq!(out.ok()["supportedVersions"], json!(VERSIONS));
     let out = rig.call("loopback", "", &json!({})).run();
     assert_eq!(out.code, 0);
-    assert!(out.stderr.contains("CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"));
+    assert!(out.stderr.contains(
+        "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"
+    ));
 }
 
 #[test]
@@ -137,6 +168,13 @@ fn malformed_inputs_through_the_binary() {
         assert_eq!(out.err_code(), code, "{}", out.stdout);
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
-    let out = rig.call("loopback", "ADD", &json!({"cniVersion": "1.0.0", "name": "n"})).ifname("bad/name").run();
+    let out = rig
+        .call(
+            "loopback",
+            "ADD",
+            &json!({"cniVersion": "1.0.0", "name": "n"}),
+        )
+        .ifname("bad/name")
+        .run();
     assert_eq!(out.err_code(), 4);
 }

@@ -26,35 +26,65 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 
 fn reservations(rig: &Rig) -> Vec<String> {
     std::fs::read_dir(rig.data_dir().join("ptpnet"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 #[test]
 fn add_del_every_version() {
-    for ver in ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+    for ver in [
+        "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+    ] {
         let rig = Rig::new();
-        let c = conf(&rig, ver, json!({"mtu": 1400}), json!([[{"subnet": "10.1.2.0/24"}]]));
+        let c = conf(
+            &rig,
+            ver,
+            json!({"mtu": 1400}),
+            json!([[{"subnet": "10.1.2.0/24"}]]),
+        );
         let v = rig.call("ptp", "ADD", &c).run().ok().clone();
         assert_eq!(v["cniVersion"], ver);
         if ver >= "0.3.0" {
             let ifs = v["interfaces"].as_array().unwrap();
             assert_eq!(ifs.len(), 2);
-            assert!(ifs[0]["name"].as_str().unwrap().starts_with("veth") && ifs[0].get("sandbox").is_none());
+            assert!(
+                ifs[0]["name"].as_str().unwrap().starts_with("veth")
+                    && ifs[0].get("sandbox").is_none()
+            );
             assert_eq!(ifs[1]["name"], "eth0");
             assert_eq!(ifs[1]["sandbox"], rig.cont.path.to_str().unwrap());
             assert_eq!(v["ips"][0]["interface"], 1);
             let host = link(&rig.host, ifs[0]["name"].as_str().unwrap()).unwrap();
             assert_eq!(host["mtu"], 1400);
             let a = addrs(&rig.host, ifs[0]["name"].as_str().unwrap());
-            assert!(a.iter().any(|x| x["local"] == "10.1.2.1" && x["prefixlen"] == 32), "{a:?}");
+            assert!(
+                a.iter()
+                    .any(|x| x["local"] == "10.1.2.1" && x["prefixlen"] == 32),
+                "{a:?}"
+            );
         }
         assert_eq!(link(&rig.cont, "eth0").unwrap()["mtu"], 1400);
         let r = routes(&rig.cont, false);
-        assert!(r.iter().any(|x| x["dst"] == "10.1.2.1" && x["scope"] == "link"), "{r:?}");
-        assert!(r.iter().any(|x| x["dst"] == "10.1.2.0/24" && x["gateway"] == "10.1.2.1"), "{r:?}");
-        assert!(!r.iter().any(|x| x["dst"] == "10.1.2.0/24" && x.get("gateway").is_none()), "connected route replaced: {r:?}");
+        assert!(
+            r.iter()
+                .any(|x| x["dst"] == "10.1.2.1" && x["scope"] == "link"),
+            "{r:?}"
+        );
+        assert!(
+            r.iter()
+                .any(|x| x["dst"] == "10.1.2.0/24" && x["gateway"] == "10.1.2.1"),
+            "{r:?}"
+        );
+        assert!(
+            !r.iter()
+                .any(|x| x["dst"] == "10.1.2.0/24" && x.get("gateway").is_none()),
+            "connected route replaced: {r:?}"
+        );
         assert!(ping(&rig.cont, "10.1.2.1"), "container pings its gateway");
         if ver >= "0.4.0" {
             rig.call("ptp", "CHECK", &with_prev(&c, &v)).run().ok();
@@ -70,11 +100,17 @@ fn add_del_every_version() {
 fn masquerade_backends() {
     for backend in ["iptables", "nftables"] {
         let rig = Rig::new();
-        let c = conf(&rig, "1.0.0", json!({"ipMasq": true, "ipMasqBackend": backend}), json!([[{"subnet": "10.1.2.0/24"}]]));
+        let c = conf(
+            &rig,
+            "1.0.0",
+            json!({"ipMasq": true, "ipMasqBackend": backend}),
+            json!([[{"subnet": "10.1.2.0/24"}]]),
+        );
         let v = rig.call("ptp", "ADD", &c).run().ok().clone();
         let present = |rig: &Rig| {
             if backend == "nftables" {
-                nft_ruleset(&rig.host).contains("ip saddr 10.1.2.2 ip daddr != 10.1.2.0/24 masquerade")
+                nft_ruleset(&rig.host)
+                    .contains("ip saddr 10.1.2.2 ip daddr != 10.1.2.0/24 masquerade")
             } else {
                 iptables_save(&rig.host, false).contains("-A POSTROUTING -s 10.1.2.2/32")
             }
@@ -88,7 +124,12 @@ fn masquerade_backends() {
 #[test]
 fn masquerade_removed_when_netns_is_gone() {
     let mut rig = Rig::new();
-    let c = conf(&rig, "1.0.0", json!({"ipMasq": true, "ipMasqBackend": "nftables"}), json!([[{"subnet": "10.1.2.0/24"}]]));
+    let c = conf(
+        &rig,
+        "1.0.0",
+        json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
     rig.call("ptp", "ADD", &c).run().ok();
     let gone = rig.cont.path.to_str().unwrap().to_string();
     rig.drop_cont();
@@ -100,14 +141,27 @@ fn masquerade_removed_when_netns_is_gone() {
 #[test]
 fn dual_stack_with_extra_routes() {
     let rig = Rig::new();
-    let mut c = conf(&rig, "1.0.0", json!({}), json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]));
+    let mut c = conf(
+        &rig,
+        "1.0.0",
+        json!({}),
+        json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
+    );
     c["ipam"]["routes"] = json!([{"dst": "10.9.0.0/16"}, {"dst": "2001:db8:9::/48"}]);
     let v = rig.call("ptp", "ADD", &c).run().ok().clone();
     assert_eq!(v["ips"].as_array().unwrap().len(), 2);
     let r4 = routes(&rig.cont, false);
     let r6 = routes(&rig.cont, true);
-    assert!(r4.iter().any(|x| x["dst"] == "10.9.0.0/16" && x["gateway"] == "10.1.2.1"), "{r4:?}");
-    assert!(r6.iter().any(|x| x["dst"] == "2001:db8:9::/48" && x["gateway"] == "2001:db8:1::1"), "{r6:?}");
+    assert!(
+        r4.iter()
+            .any(|x| x["dst"] == "10.9.0.0/16" && x["gateway"] == "10.1.2.1"),
+        "{r4:?}"
+    );
+    assert!(
+        r6.iter()
+            .any(|x| x["dst"] == "2001:db8:9::/48" && x["gateway"] == "2001:db8:1::1"),
+        "{r6:?}"
+    );
     assert!(ping(&rig.cont, "2001:db8:1::1"), "v6 gateway reachable");
     rig.call("ptp", "CHECK", &with_prev(&c, &v)).run().ok();
     rig.call("ptp", "DEL", &with_prev(&c, &v)).run().ok();
@@ -118,28 +172,65 @@ fn dns_override() {
     let rig = Rig::new();
     let rc = rig.dir.join("resolv.conf");
     std::fs::write(&rc, "nameserver 10.1.2.200\n").unwrap();
-    let mut c = conf(&rig, "1.0.0", json!({}), json!([[{"subnet": "10.1.2.0/24"}]]));
+    let mut c = conf(
+        &rig,
+        "1.0.0",
+        json!({}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
     c["ipam"]["resolvConf"] = json!(rc);
     let v = rig.call("ptp", "ADD", &c).run().ok().clone();
-    assert_eq!(v["dns"]["nameservers"], json!(["10.1.2.200"]), "IPAM dns kept");
+    assert_eq!(
+        v["dns"]["nameservers"],
+        json!(["10.1.2.200"]),
+        "IPAM dns kept"
+    );
     let mut c2 = c.clone();
     c2["dns"] = json!({"nameservers": ["1.1.1.1"], "search": ["x"]});
     let c2_ns = rig.new_netns();
-    let v2 = rig.call("ptp", "ADD", &c2).id("c2").netns(c2_ns.path.to_str().unwrap()).run().ok().clone();
-    assert_eq!(v2["dns"], json!({"nameservers": ["1.1.1.1"], "search": ["x"]}));
+    let v2 = rig
+        .call("ptp", "ADD", &c2)
+        .id("c2")
+        .netns(c2_ns.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(
+        v2["dns"],
+        json!({"nameservers": ["1.1.1.1"], "search": ["x"]})
+    );
     let mut c3 = c.clone();
     c3["dns"] = json!({"nameservers": []});
     let c3_ns = rig.new_netns();
-    let v3 = rig.call("ptp", "ADD", &c3).id("c3").netns(c3_ns.path.to_str().unwrap()).run().ok().clone();
-    assert!(v3.get("dns").is_none(), "empty override replaces IPAM dns: {v3}");
+    let v3 = rig
+        .call("ptp", "ADD", &c3)
+        .id("c3")
+        .netns(c3_ns.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
+    assert!(
+        v3.get("dns").is_none(),
+        "empty override replaces IPAM dns: {v3}"
+    );
 }
 
 #[test]
 fn del_never_added_and_old_check() {
     let rig = Rig::new();
-    let c = conf(&rig, "1.0.0", json!({}), json!([[{"subnet": "10.1.2.0/24"}]]));
+    let c = conf(
+        &rig,
+        "1.0.0",
+        json!({}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
     rig.call("ptp", "DEL", &c).id("nobody").run().ok();
-    let old = conf(&rig, "0.3.1", json!({}), json!([[{"subnet": "10.1.2.0/24"}]]));
+    let old = conf(
+        &rig,
+        "0.3.1",
+        json!({}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
     let out = rig.call("ptp", "CHECK", &old).run();
     assert!(out.stdout.contains("config version does not allow CHECK"));
 }
@@ -148,37 +239,70 @@ fn del_never_added_and_old_check() {
 fn failed_add_leaves_nothing() {
     // The container already has eth0: ADD fails after IPAM allocated; everything undone.
     let rig = Rig::new();
-    rig.cont.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-    let c = conf(&rig, "1.0.0", json!({"ipMasq": true, "ipMasqBackend": "nftables"}), json!([[{"subnet": "10.1.2.0/24"}]]));
+    rig.cont.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let c = conf(
+        &rig,
+        "1.0.0",
+        json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
     let out = rig.call("ptp", "ADD", &c).run();
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("already exists"), "{}", out.stdout);
     assert!(reservations(&rig).is_empty(), "IP released");
     assert!(!nft_ruleset(&rig.host).contains("masquerade comment"));
-    assert!(links(&rig.host).iter().all(|l| !l["ifname"].as_str().unwrap_or("").starts_with("veth")));
+    assert!(links(&rig.host)
+        .iter()
+        .all(|l| !l["ifname"].as_str().unwrap_or("").starts_with("veth")));
 }
 
 #[test]
 fn differential_against_the_reference() {
-    for ranges in [json!([[{"subnet": "10.1.2.0/24"}]]), json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]])] {
+    for ranges in [
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+        json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
+    ] {
         let go = Rig::new();
         let ours = Rig::new();
-        let gc = conf(&go, "1.0.0", json!({"ipMasq": true, "ipMasqBackend": "iptables"}), ranges.clone());
-        let oc = conf(&ours, "1.0.0", json!({"ipMasq": true, "ipMasqBackend": "iptables"}), ranges.clone());
+        let gc = conf(
+            &go,
+            "1.0.0",
+            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
+            ranges.clone(),
+        );
+        let oc = conf(
+            &ours,
+            "1.0.0",
+            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
+            ranges.clone(),
+        );
         let gv = go.call("ptp", "ADD", &gc).go().run().ok().clone();
         let ov = ours.call("ptp", "ADD", &oc).run().ok().clone();
         assert_eq!(normalize_result(&gv), normalize_result(&ov));
         let state = |rig: &Rig| {
-            let mut r: Vec<_> = routes(&rig.cont, false).into_iter().chain(routes(&rig.cont, true))
-                .filter(|r| r["protocol"] != "kernel").map(|r| (r["dst"].clone(), r["gateway"].clone(), r["scope"].clone())).collect();
+            let mut r: Vec<_> = routes(&rig.cont, false)
+                .into_iter()
+                .chain(routes(&rig.cont, true))
+                .filter(|r| r["protocol"] != "kernel")
+                .map(|r| (r["dst"].clone(), r["gateway"].clone(), r["scope"].clone()))
+                .collect();
             r.sort_by_key(|x| x.0.to_string());
-            let ipt: Vec<String> = iptables_save(&rig.host, false).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect();
+            let ipt: Vec<String> = iptables_save(&rig.host, false)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .map(str::to_string)
+                .collect();
             (r, ipt)
         };
         assert_eq!(state(&go), state(&ours));
         // cross-DEL
         go.call("ptp", "DEL", &with_prev(&gc, &gv)).run().ok();
-        ours.call("ptp", "DEL", &with_prev(&oc, &ov)).go().run().ok();
+        ours.call("ptp", "DEL", &with_prev(&oc, &ov))
+            .go()
+            .run()
+            .ok();
         for rig in [&go, &ours] {
             assert!(link(&rig.cont, "eth0").is_none());
             assert!(!iptables_save(&rig.host, false).contains("CNI-"));

@@ -1,0 +1,191 @@
+//! host-local (IPAM): addresses from configured ranges, state in
+//! `<dataDir>/<network>/`, shared with (and locked against) the Go plugin.
+//!
+//! ADD: one address per range set (runtime `ipRanges` first, then the legacy top-level
+//! range, then `ranges`), honouring requested addresses from `CNI_ARGS IP=`,
+//! `args.cni.ips` and `runtimeConfig.ips`; routes and `resolvConf` DNS are added to the
+//! result. DEL releases the attachment's addresses; CHECK finds its reservation; GC
+//! (not in the reference) releases every attachment not listed as valid.
+
+use anyhow::{anyhow, Result};
+use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
+use cnibox::cni::types::parse_route;
+use cnibox::cni::{CniResult, Dns, IpConfig};
+use cnibox::ipam::alloc;
+use cnibox::ipam::range::{build_range_sets, RangeConf, RangeSet};
+use cnibox::ipam::store::{Store, DEFAULT_DATA_DIR};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub const APPLET: Applet = Applet {
+    name: "host-local",
+    about: "IPAM: allocate addresses from ranges, state on the local disk",
+    kind: Kind::Plugin(Plugin {
+        versions: ALL,
+        cni_args: Some(&["IP"]),
+        add,
+        del,
+        check,
+        gc: Some(gc),
+        status: None,
+    }),
+};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Ipam {
+    #[serde(flatten)]
+    legacy: RangeConf,
+    ranges: Vec<Vec<RangeConf>>,
+    routes: Vec<Value>,
+    #[serde(rename = "dataDir")]
+    data_dir: String,
+    #[serde(rename = "resolvConf")]
+    resolv_conf: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Conf {
+    ipam: Option<Ipam>,
+}
+
+struct Loaded {
+    ipam: Ipam,
+    store: Store,
+}
+
+fn load(ctx: &Ctx) -> Result<Loaded> {
+    let conf: Conf = ctx.decode()?;
+    let ipam = conf
+        .ipam
+        .ok_or_else(|| anyhow!("IPAM config missing 'ipam' key"))?;
+    let dir = if ipam.data_dir.is_empty() {
+        PathBuf::from(DEFAULT_DATA_DIR)
+    } else {
+        PathBuf::from(&ipam.data_dir)
+    };
+    let store = Store::open(&dir, &ctx.conf.name)?;
+    Ok(Loaded { ipam, store })
+}
+
+fn range_sets(ctx: &Ctx, ipam: &Ipam) -> Result<Vec<RangeSet>> {
+    let runtime: Vec<Vec<RangeConf>> = match ctx.runtime_config("ipRanges") {
+        Some(v) => cnibox::cni::decode::from_value(v.clone())
+            .map_err(|e| anyhow!("invalid runtimeConfig.ipRanges: {e}"))?,
+        None => vec![],
+    };
+    build_range_sets(&runtime, Some(&ipam.legacy), &ipam.ranges, ctx.version())
+}
+
+/// "ip" or "ip/len" (the prefix is ignored, as by the reference).
+fn parse_requested(s: &str) -> Result<IpAddr> {
+    let ip = s.split('/').next().unwrap_or(s);
+    ip.parse()
+        .map_err(|_| anyhow!("invalid IP address in request: {s}"))
+}
+
+/// Requested addresses from all three sources, merged (the reference does not let
+/// one override another here).
+fn requested(ctx: &Ctx) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    if let Some(ip) = ctx.cni_args.get("IP").filter(|s| !s.is_empty()) {
+        out.push(parse_requested(ip)?);
+    }
+    for v in [ctx.args_cni("ips"), ctx.runtime_config("ips")]
+        .into_iter()
+        .flatten()
+    {
+        for item in v
+            .as_array()
+            .ok_or_else(|| anyhow!("'ips' must be a list"))?
+        {
+            let s = item
+                .as_str()
+                .ok_or_else(|| anyhow!("'ips' entries must be strings"))?;
+            let ip = parse_requested(s)?;
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// resolv.conf as result DNS: nameserver (first word), domain (last wins), search and
+/// options (appended); blank lines and `#`/`;` comments skipped.
+fn parse_resolv_conf(path: &str) -> Result<Dns> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("failed to read resolvConf {path}: {e}"))?;
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.nameservers.extend(words.next().map(str::to_string)),
+            Some("domain") => dns.domain = words.next().unwrap_or_default().to_string(),
+            Some("search") => dns.search.extend(words.map(str::to_string)),
+            Some("options") => dns.options.extend(words.map(str::to_string)),
+            _ => {}
+        }
+    }
+    Ok(dns)
+}
+
+fn add(ctx: &Ctx) -> Result<CniResult> {
+    let l = load(ctx)?;
+    let sets = range_sets(ctx, &l.ipam)?;
+    let dns = if l.ipam.resolv_conf.is_empty() {
+        Dns::default()
+    } else {
+        parse_resolv_conf(&l.ipam.resolv_conf)?
+    };
+    let routes = l
+        .ipam
+        .routes
+        .iter()
+        .map(parse_route)
+        .collect::<Result<Vec<_>>>()?;
+    let allocs = alloc::allocate(
+        &l.store,
+        &sets,
+        &ctx.container_id,
+        &ctx.ifname,
+        requested(ctx)?,
+    )?;
+    Ok(CniResult {
+        cni_version: ctx.version().to_string(),
+        interfaces: vec![],
+        ips: allocs
+            .into_iter()
+            .map(|a| IpConfig {
+                interface: None,
+                address: a.address,
+                gateway: Some(a.gateway),
+            })
+            .collect(),
+        routes,
+        dns,
+    })
+}
+
+fn del(ctx: &Ctx) -> Result<()> {
+    let l = load(ctx)?;
+    alloc::release(&l.store, &ctx.container_id, &ctx.ifname)
+}
+
+fn check(ctx: &Ctx) -> Result<()> {
+    let l = load(ctx)?;
+    alloc::check(&l.store, &ctx.container_id, &ctx.ifname)
+}
+
+fn gc(ctx: &Ctx) -> Result<()> {
+    let l = load(ctx)?;
+    let valid = ctx.valid_attachments()?;
+    alloc::gc(&l.store, &valid).map(|_| ())
+}

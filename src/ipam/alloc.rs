@@ -1,0 +1,233 @@
+//! host-local allocation, release, CHECK and GC over a [`Store`], following the
+//! reference's algorithm: one address per range set, round-robin after
+//! `last_reserved_ip.<set>`, requested addresses first, the store locked per set.
+
+use super::range::RangeSet;
+use super::store::Store;
+use anyhow::{anyhow, bail, Result};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The address with its subnet's prefix length.
+    pub address: IpNet,
+    pub gateway: IpAddr,
+}
+
+fn alloc_one(
+    store: &Store,
+    set: &RangeSet,
+    idx: usize,
+    id: &str,
+    ifname: &str,
+    requested: Option<IpAddr>,
+) -> Result<Allocation> {
+    let locked = store.lock()?;
+    if let Some(ip) = requested {
+        let r = set.range_for(ip)?;
+        if ip == r.gateway {
+            bail!("requested ip {ip} is subnet's gateway");
+        }
+        if !locked.reserve(id, ifname, ip, idx)? {
+            bail!("requested IP address {ip} is not available in range set {set}");
+        }
+        return Ok(Allocation {
+            address: IpNet::new(ip, r.subnet.prefix_len())?,
+            gateway: r.gateway,
+        });
+    }
+    for ip in locked.find(id, ifname)? {
+        if set.contains(ip) {
+            bail!("{ip} has been allocated to {id}, duplicate allocation is not allowed");
+        }
+    }
+    for (ip, r) in set.iter_from(locked.last_reserved(idx)) {
+        if locked.reserve(id, ifname, ip, idx)? {
+            return Ok(Allocation {
+                address: IpNet::new(ip, r.subnet.prefix_len())?,
+                gateway: r.gateway,
+            });
+        }
+    }
+    bail!("no IP addresses available in range set: {set}")
+}
+
+/// Allocate one address per set for (id, ifname). On a failure after some set was
+/// allocated, the attachment's reservations are released again.
+pub fn allocate(
+    store: &Store,
+    sets: &[RangeSet],
+    id: &str,
+    ifname: &str,
+    mut requested: Vec<IpAddr>,
+) -> Result<Vec<Allocation>> {
+    let mut out = Vec::new();
+    for (idx, set) in sets.iter().enumerate() {
+        let want = requested
+            .iter()
+            .position(|ip| set.contains(*ip))
+            .map(|i| requested.remove(i));
+        match alloc_one(store, set, idx, id, ifname, want) {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                // Only undo what this call took: a refused duplicate ADD must leave the
+                // attachment's existing reservation alone (as the reference does).
+                if !out.is_empty() {
+                    let _ = release(store, id, ifname);
+                }
+                return Err(anyhow!("failed to allocate for range {idx}: {e}"));
+            }
+        }
+    }
+    if !requested.is_empty() {
+        let _ = release(store, id, ifname);
+        let ips: Vec<String> = requested.iter().map(|i| i.to_string()).collect();
+        bail!("failed to allocate all requested IPs: {}", ips.join(" "));
+    }
+    let ips: Vec<IpAddr> = out.iter().map(|a| a.address.addr()).collect();
+    store.lock()?.write_index(id, ifname, &ips)?;
+    Ok(out)
+}
+
+pub fn release(store: &Store, id: &str, ifname: &str) -> Result<()> {
+    store.lock()?.release(id, ifname)
+}
+
+/// CHECK: the attachment must hold some reservation (the reference's rule).
+pub fn check(store: &Store, id: &str, ifname: &str) -> Result<()> {
+    let locked = store.lock()?;
+    let all = locked.list()?;
+    let id = id.trim();
+    if all
+        .iter()
+        .any(|r| r.id == id && (r.ifname.as_deref() == Some(ifname) || r.ifname.is_none()))
+    {
+        return Ok(());
+    }
+    bail!("host-local: Failed to find address added by container {id}")
+}
+
+/// GC: release every reservation whose attachment is not in `valid`. A legacy id-only
+/// file is kept if its container has any valid attachment. Returns how many went.
+pub fn gc(store: &Store, valid: &[(String, String)]) -> Result<usize> {
+    let locked = store.lock()?;
+    let mut n = 0;
+    for r in locked.list()? {
+        let keep = match &r.ifname {
+            Some(ifname) => valid.iter().any(|(c, i)| *c == r.id && i == ifname),
+            None => valid.iter().any(|(c, _)| *c == r.id),
+        };
+        if !keep {
+            locked.release_path(&r)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::range::{RangeConf, RangeSet};
+
+    fn tmpdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("cbx-ut-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn set(subnet: &str) -> RangeSet {
+        RangeSet::from_conf(&[RangeConf {
+            subnet: subnet.into(),
+            ..Default::default()
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn allocate_release_and_files() {
+        let d = tmpdir("alloc");
+        let store = Store::open(&d, "net").unwrap();
+        let sets = vec![set("10.1.2.0/24"), set("2001:db8::/64")];
+        let a = allocate(&store, &sets, "c1", "eth0", vec![]).unwrap();
+        assert_eq!(a[0].address.to_string(), "10.1.2.2/24");
+        assert_eq!(a[1].address.to_string(), "2001:db8::2/64");
+        assert_eq!(
+            std::fs::read_to_string(d.join("net/10.1.2.2")).unwrap(),
+            "c1\r\neth0"
+        );
+        let e = allocate(&store, &sets, "c1", "eth0", vec![])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "failed to allocate for range 0: 10.1.2.2 has been allocated to c1, duplicate allocation is not allowed");
+        check(&store, "c1", "eth0").unwrap();
+        release(&store, "c1", "eth0").unwrap();
+        assert!(!d.join("net/10.1.2.2").exists());
+        assert!(check(&store, "c1", "eth0").is_err());
+        release(&store, "c1", "eth0").unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn stale_index_falls_back_to_a_scan() {
+        let d = tmpdir("stale");
+        let store = Store::open(&d, "net").unwrap();
+        let sets = vec![set("10.1.2.0/24")];
+        allocate(&store, &sets, "c1", "eth0", vec![]).unwrap();
+        // Go released it and gave the attachment another address, unknown to our index.
+        std::fs::remove_file(d.join("net/10.1.2.2")).unwrap();
+        std::fs::write(d.join("net/10.1.2.9"), "c1\r\neth0").unwrap();
+        release(&store, "c1", "eth0").unwrap();
+        assert!(!d.join("net/10.1.2.9").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn gc_keeps_valid() {
+        let d = tmpdir("gc");
+        let store = Store::open(&d, "net").unwrap();
+        let sets = vec![set("10.1.2.0/24")];
+        for i in 0..10 {
+            allocate(&store, &sets, &format!("c{i}"), "eth0", vec![]).unwrap();
+        }
+        std::fs::write(d.join("net/10.1.2.200"), "c1").unwrap(); // legacy, valid container
+        std::fs::write(d.join("net/10.1.2.201"), "zz").unwrap(); // legacy, stale
+        let valid: Vec<(String, String)> = ["c1", "c2", "c3", "c4"]
+            .iter()
+            .map(|c| (c.to_string(), "eth0".to_string()))
+            .collect();
+        assert_eq!(gc(&store, &valid).unwrap(), 7);
+        assert!(d.join("net/10.1.2.200").exists());
+        assert!(d.join("net/last_reserved_ip.0").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn concurrent_handles_never_share_an_ip() {
+        let d = tmpdir("conc");
+        let sets = vec![set("10.1.2.0/24")];
+        let ips: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|t| {
+                    let (d, sets) = (&d, &sets);
+                    s.spawn(move || {
+                        let store = Store::open(d, "net").unwrap();
+                        (0..8)
+                            .map(|i| {
+                                allocate(&store, sets, &format!("t{t}c{i}"), "eth0", vec![])
+                                    .unwrap()[0]
+                                    .address
+                                    .to_string()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let uniq: std::collections::HashSet<_> = ips.iter().collect();
+        assert_eq!(uniq.len(), 64);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,5 @@
+//! IPAM building blocks: host-local's ranges, store and allocator.
+
+pub mod alloc;
+pub mod range;
+pub mod store;

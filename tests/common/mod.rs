@@ -1,0 +1,466 @@
+//! Hermetic test rig: every test gets its own "host" network namespace (plugins run
+//! inside it), its own container namespace(s) and its own temp dir; all are removed on
+//! drop, even when the test panics. Nothing touches the machine's interfaces, firewall
+//! or /var/lib/cni, so tests run in parallel.
+//!
+//! Differential helpers run the same call through the Go reference plugins: upstream
+//! v1.9.1 (`../shared/oracle`, unpacked into target/oracle) or Debian's installed base
+//! (`/usr/lib/cni`). A missing oracle fails the test with a clear message.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(tag: &str) -> String {
+    format!(
+        "cbx{}x{}{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        tag
+    )
+}
+
+fn must(out: Output, what: &str) -> Output {
+    if !out.status.success() {
+        panic!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub path: PathBuf,
+    gone: AtomicBool,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        must(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .expect("run ip"),
+            "ip netns add",
+        );
+        let ns = Netns {
+            path: PathBuf::from(format!("/run/netns/{name}")),
+            name,
+            gone: AtomicBool::new(false),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// `ip -n <ns> args...`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = must(
+            Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args)
+                .output()
+                .expect("run ip"),
+            &format!("ip {args:?}"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n <ns> -j args...` parsed; an error (missing device) gives `[]`.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j"])
+            .args(args)
+            .output()
+            .expect("run ip");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+    }
+
+    pub fn delete(&self) {
+        if !self.gone.swap(true, Ordering::SeqCst) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// One test's world: host netns, container netns, temp dir, CNI_PATH with cnibox links.
+pub struct Rig {
+    pub host: Netns,
+    pub cont: Netns,
+    pub dir: PathBuf,
+    pub cni_path: PathBuf,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = std::env::temp_dir().join(unique("rig"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cni_path = dir.join("bin");
+        std::fs::create_dir_all(&cni_path).unwrap();
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_cnibox"));
+        let list = must(
+            Command::new(&exe).arg("--list").output().unwrap(),
+            "cnibox --list",
+        );
+        for name in String::from_utf8_lossy(&list.stdout).lines() {
+            std::os::unix::fs::symlink(&exe, cni_path.join(name)).unwrap();
+        }
+        Rig {
+            host: Netns::new("h"),
+            cont: Netns::new("c"),
+            dir,
+            cni_path,
+        }
+    }
+
+    /// Another container namespace (dropped by the caller).
+    pub fn add_cont(&self) -> Netns {
+        Netns::new("c")
+    }
+
+    pub fn new_netns(&self) -> Netns {
+        Netns::new("c")
+    }
+
+    /// Delete the container netns (its path stays known for DEL tests).
+    pub fn drop_cont(&mut self) {
+        self.cont.delete();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+
+    /// The default container id of calls.
+    pub fn id(&self) -> String {
+        "ctr1".to_string()
+    }
+
+    /// A plugin call, to be adjusted and run.
+    pub fn call(&self, plugin: &str, command: &str, conf: &Value) -> Call<'_> {
+        Call {
+            rig: self,
+            plugin: plugin.to_string(),
+            command: command.to_string(),
+            container_id: self.id(),
+            netns: self.cont.path.to_string_lossy().into_owned(),
+            ifname: "eth0".to_string(),
+            args: None,
+            env: Vec::new(),
+            stdin: serde_json::to_vec(conf).unwrap(),
+            dir: None,
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Call<'a> {
+    rig: &'a Rig,
+    plugin: String,
+    command: String,
+    container_id: String,
+    netns: String,
+    ifname: String,
+    args: Option<String>,
+    env: Vec<(String, String)>,
+    stdin: Vec<u8>,
+    /// Plugin directory (CNI_PATH): None = cnibox.
+    dir: Option<PathBuf>,
+}
+
+pub struct CniOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub json: Option<Value>,
+}
+
+static NULL: Value = Value::Null;
+
+impl CniOut {
+    /// The result; panics with everything printed if the call failed.
+    pub fn ok(&self) -> &Value {
+        if self.code != 0 {
+            panic!(
+                "plugin failed (exit {}):\nstdout: {}\nstderr: {}",
+                self.code, self.stdout, self.stderr
+            );
+        }
+        self.json.as_ref().unwrap_or(&NULL)
+    }
+
+    /// The error object's code (panics if the call succeeded).
+    pub fn err_code(&self) -> i64 {
+        assert_ne!(self.code, 0, "expected a failure, got: {}", self.stdout);
+        self.json
+            .as_ref()
+            .and_then(|v| v["code"].as_i64())
+            .unwrap_or_else(|| panic!("no error object: {}", self.stdout))
+    }
+}
+
+impl<'a> Call<'a> {
+    pub fn id(mut self, id: &str) -> Self {
+        self.container_id = id.to_string();
+        self
+    }
+    pub fn ifname(mut self, n: &str) -> Self {
+        self.ifname = n.to_string();
+        self
+    }
+    pub fn args(mut self, a: &str) -> Self {
+        self.args = Some(a.to_string());
+        self
+    }
+    pub fn netns(mut self, p: &str) -> Self {
+        self.netns = p.to_string();
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+    pub fn stdin(mut self, b: Vec<u8>) -> Self {
+        self.stdin = b;
+        self
+    }
+    /// Run the upstream Go plugin v1.9.1 instead.
+    pub fn go(mut self) -> Self {
+        self.dir = Some(oracle_dir());
+        self
+    }
+    /// Run Debian's installed Go plugin (1.1.1) instead.
+    pub fn debian(mut self) -> Self {
+        self.dir = Some(debian_dir());
+        self
+    }
+
+    fn command(&self) -> Command {
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.rig.cni_path.clone());
+        let mut cmd = Command::new(dir.join(&self.plugin));
+        cmd.env_clear();
+        cmd.env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        );
+        if !self.command.is_empty() {
+            cmd.env("CNI_COMMAND", &self.command);
+        }
+        cmd.env("CNI_CONTAINERID", &self.container_id);
+        cmd.env("CNI_NETNS", &self.netns);
+        cmd.env("CNI_IFNAME", &self.ifname);
+        cmd.env("CNI_PATH", &dir);
+        if let Some(a) = &self.args {
+            cmd.env("CNI_ARGS", a);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn spawn(&self) -> std::process::Child {
+        let host = std::fs::File::open(&self.rig.host.path).expect("open host netns");
+        let fd = host.as_raw_fd();
+        let mut cmd = self.command();
+        // Enter the rig's host netns in the child only: the test process stays put.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.plugin));
+        drop(host);
+        let stdin = self.stdin.clone();
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&stdin);
+        });
+        child
+    }
+
+    pub fn run(self) -> CniOut {
+        let out = self.spawn().wait_with_output().expect("wait for plugin");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        CniOut {
+            code: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(&stdout).ok(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Start the call and SIGKILL it after `d` (crash-safety tests).
+    pub fn run_killed_after(self, d: Duration) {
+        let mut child = self.spawn();
+        std::thread::sleep(d);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The upstream v1.9.1 plugins, unpacked once per test process (the unpack script is
+/// idempotent and verifies checksums).
+pub fn oracle_dir() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/oracle");
+    if !dir.join("bridge").exists() {
+        let script = root.join("../shared/oracle/unpack");
+        assert!(
+            script.exists(),
+            "oracle missing: {} not found (differential tests need ../shared)",
+            script.display()
+        );
+        let out = Command::new(&script)
+            .arg(&dir)
+            .output()
+            .expect("run the oracle unpack script");
+        assert!(
+            out.status.success(),
+            "oracle unpack failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Debian's containernetworking-plugins (the installed base).
+pub fn debian_dir() -> PathBuf {
+    let d = PathBuf::from("/usr/lib/cni");
+    assert!(
+        d.join("bridge").exists(),
+        "Debian containernetworking-plugins is not installed (make deps)"
+    );
+    d
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernel state
+
+pub fn links(ns: &Netns) -> Vec<Value> {
+    ns.ip_json(&["-d", "link", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The `addr_info` entries of `ifname` (empty if it does not exist).
+pub fn addrs(ns: &Netns, ifname: &str) -> Vec<Value> {
+    ns.ip_json(&["addr", "show", "dev", ifname])[0]["addr_info"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Routes of the main table.
+pub fn routes(ns: &Netns, v6: bool) -> Vec<Value> {
+    let fam = if v6 { "-6" } else { "-4" };
+    ns.ip_json(&[fam, "route", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn nft_ruleset(ns: &Netns) -> String {
+    let out = ns.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "nft list ruleset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn iptables_save(ns: &Netns, v6: bool) -> String {
+    let tool = if v6 {
+        "ip6tables-save"
+    } else {
+        "iptables-save"
+    };
+    let out = ns.exec(&[tool, "-t", "nat"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One ping from inside `ns` (traffic stays within the test's namespaces).
+pub fn ping(ns: &Netns, ip: &str) -> bool {
+    ns.exec(&["ping", "-c", "1", "-W", "2", ip])
+        .status
+        .success()
+}
+
+/// Replace what legitimately differs between two runs: MACs, random veth names and
+/// sandbox paths (each rig has its own netns).
+pub fn normalize_result(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let nv = match (k.as_str(), x) {
+                        ("mac", Value::String(_)) => Value::String("<mac>".into()),
+                        ("sandbox", Value::String(_)) => Value::String("<sandbox>".into()),
+                        ("name", Value::String(s)) if is_random_veth(s) => {
+                            Value::String("<veth>".into())
+                        }
+                        _ => normalize_result(x),
+                    };
+                    (k.clone(), nv)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize_result).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_random_veth(s: &str) -> bool {
+    s.len() == 12 && s.starts_with("veth") && s[4..].chars().all(|c| c.is_ascii_hexdigit())
+}
