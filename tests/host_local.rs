@@ -256,14 +256,9 @@ fn requested_ips() {
         "{}",
         out.stdout
     );
-    c4["runtimeConfig"] = json!({"ips": ["10.1.6.1"]});
-    let out = rig.call("host-local", "ADD", &c4).id("g").run();
-    assert!(
-        out.stdout
-            .contains("requested ip 10.1.6.1 is subnet's gateway"),
-        "{}",
-        out.stdout
-    );
+    c3["runtimeConfig"] = json!({"ips": ["10.1.5.1"]});
+    let out = rig.call("host-local", "ADD", &c3).id("g").run();
+    assert!(out.stdout.contains("requested ip 10.1.5.1 is subnet's gateway"), "{}", out.stdout);
     // nothing leaked by the failures
     assert_eq!(ip_files(&rig.data_dir().join("hlnet")).len(), 5);
 }
@@ -680,8 +675,11 @@ fn del_at_one_thousand_reservations() {
     }
     let t = std::time::Instant::now();
     rig.call("host-local", "DEL", &c).id("rs500").run().ok();
-    eprintln!("host-local DEL at 2,000 reservations: {:?}", t.elapsed());
-    assert_eq!(ip_files(&dir(&rig)).len(), 1999);
-    rig.call("host-local", "DEL", &c).id("go7").run().ok();
+    let ours = t.elapsed();
+    let t = std::time::Instant::now();
+    rig.call("host-local", "DEL", &c).id("rs501").go().run().ok();
+    eprintln!("host-local DEL at 2,000 reservations: cnibox {ours:?}, Go v1.9.1 {:?}", t.elapsed());
     assert_eq!(ip_files(&dir(&rig)).len(), 1998);
+    rig.call("host-local", "DEL", &c).id("go7").run().ok();
+    assert_eq!(ip_files(&dir(&rig)).len(), 1997);
 }
