@@ -258,7 +258,12 @@ fn requested_ips() {
     );
     c3["runtimeConfig"] = json!({"ips": ["10.1.5.1"]});
     let out = rig.call("host-local", "ADD", &c3).id("g").run();
-    assert!(out.stdout.contains("requested ip 10.1.5.1 is subnet's gateway"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("requested ip 10.1.5.1 is subnet's gateway"),
+        "{}",
+        out.stdout
+    );
     // nothing leaked by the failures
     assert_eq!(ip_files(&rig.data_dir().join("hlnet")).len(), 5);
 }
@@ -677,8 +682,15 @@ fn del_at_one_thousand_reservations() {
     rig.call("host-local", "DEL", &c).id("rs500").run().ok();
     let ours = t.elapsed();
     let t = std::time::Instant::now();
-    rig.call("host-local", "DEL", &c).id("rs501").go().run().ok();
-    eprintln!("host-local DEL at 2,000 reservations: cnibox {ours:?}, Go v1.9.1 {:?}", t.elapsed());
+    rig.call("host-local", "DEL", &c)
+        .id("rs501")
+        .go()
+        .run()
+        .ok();
+    eprintln!(
+        "host-local DEL at 2,000 reservations: cnibox {ours:?}, Go v1.9.1 {:?}",
+        t.elapsed()
+    );
     assert_eq!(ip_files(&dir(&rig)).len(), 1998);
     rig.call("host-local", "DEL", &c).id("go7").run().ok();
     assert_eq!(ip_files(&dir(&rig)).len(), 1997);
