@@ -333,31 +333,6 @@ pub fn validate_cont_veth(cont_nl: &Nl, iface: &crate::cni::Interface) -> Result
     Ok(link)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names() {
-        let n = random_veth_name();
-        assert_eq!(n.len(), 12);
-        assert!(n.starts_with("veth") && n[4..].chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(random_veth_name(), random_veth_name());
-    }
-
-    #[test]
-    fn first_hosts() {
-        assert_eq!(
-            first_host(&"10.1.2.77/24".parse().unwrap()),
-            "10.1.2.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            first_host(&"fd00:1::9/64".parse().unwrap()),
-            "fd00:1::1".parse::<IpAddr>().unwrap()
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // IPAM and result helpers shared by the main plugins
 
@@ -404,5 +379,30 @@ pub fn delete_cont_link(cont_nl: &Nl, ifname: &str) -> Result<Vec<IpNet>> {
         Ok(()) => Ok(addrs),
         Err(e) if crate::netlink::is_errno(&e, libc::ENODEV) => Ok(addrs),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names() {
+        let n = random_veth_name();
+        assert_eq!(n.len(), 12);
+        assert!(n.starts_with("veth") && n[4..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(random_veth_name(), random_veth_name());
+    }
+
+    #[test]
+    fn first_hosts() {
+        assert_eq!(
+            first_host(&"10.1.2.77/24".parse().unwrap()),
+            "10.1.2.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            first_host(&"fd00:1::9/64".parse().unwrap()),
+            "fd00:1::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -41,7 +41,7 @@ fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
     let (ip, len) = cidr.split_once('/').unwrap();
     addrs(ns, ifname)
         .iter()
-        .any(|a| a["local"] == ip && a["prefixlen"].to_string() == len)
+        .any(|a| a["local"] == ip && a["prefixlen"] == len.parse::<u64>().unwrap())
 }
 
 fn with_prev(conf: &Value, prev: &Value) -> Value {

@@ -34,7 +34,7 @@ fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
     let (ip, len) = cidr.split_once('/').unwrap();
     addrs(ns, ifname)
         .iter()
-        .any(|a| a["local"] == ip && a["prefixlen"].to_string() == len)
+        .any(|a| a["local"] == ip && a["prefixlen"] == len.parse::<u64>().unwrap())
 }
 
 /// Can this kernel filter VLANs on a bridge? If not, fail loudly, or defer to the VM.
@@ -63,7 +63,10 @@ fn need_vlan_filtering() -> bool {
     panic!("this kernel has no bridge VLAN filtering: run this test in the VM (make test does: ../shared/vmtest/run-in-vm)");
 }
 
-fn port_vlans(ns: &Netns, dev: &str) -> Vec<(u64, bool, bool)> {
+/// (vid, pvid, untagged) of a bridge port.
+type Vlan = (u64, bool, bool);
+
+fn port_vlans(ns: &Netns, dev: &str) -> Vec<Vlan> {
     let out = ns.exec(&["bridge", "-j", "vlan", "show", "dev", dev]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
     let mut res = Vec::new();
@@ -90,7 +93,7 @@ fn vlans() {
     if !need_vlan_filtering() {
         return;
     }
-    let cases: Vec<(Value, Vec<(u64, bool, bool)>)> = vec![
+    let cases: Vec<(Value, Vec<Vlan>)> = vec![
         (json!({"vlan": 100}), vec![(100, true, true)]),
         (
             json!({"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 202}]}),

@@ -651,6 +651,7 @@ mod tests {
     }
 
     /// (what, env, stdin, code, msg fragment)
+    #[allow(clippy::type_complexity)]
     fn cases() -> Vec<(
         &'static str,
         HashMap<String, String>,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install cnibox and one symlink per plugin into the CNI bin dir.
+#   ./install.sh [--prefix DIR] [--cni-bin-dir DIR] [--binary PATH] [--force] [--uninstall]
+# Builds a release binary unless --binary is given. Idempotent. The binary is replaced
+# atomically (temp file + rename), so a runtime exec'ing a plugin meanwhile never gets
+# "text file busy" or a half-written file.
+set -euo pipefail
+prefix=/usr/local
+cni_bin_dir=/opt/cni/bin
+binary=""
+force=""
+uninstall=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix=$2; shift 2 ;;
+    --cni-bin-dir) cni_bin_dir=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
+    --force) force=--force; shift ;;
+    --uninstall) uninstall=1; shift ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+target="$prefix/bin/cnibox"
+
+if [ -n "$uninstall" ]; then
+  if [ -d "$cni_bin_dir" ]; then
+    for l in "$cni_bin_dir"/*; do
+      if [ -L "$l" ] && [ "$(readlink "$l")" = "$target" ]; then rm -f "$l"; echo "removed $l"; fi
+    done
+  fi
+  if [ -e "$target" ]; then rm -f "$target"; echo "removed $target"; fi
+  exit 0
+fi
+
+if [ -z "$binary" ]; then
+  cd "$(dirname "$0")"
+  cargo build --release
+  binary=target/release/cnibox
+fi
+[ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 1; }
+
+mkdir -p "$prefix/bin"
+tmp=$(mktemp "$prefix/bin/.cnibox.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cp "$binary" "$tmp"
+chmod 755 "$tmp"
+mv -f "$tmp" "$target"
+trap - EXIT
+echo "installed $target ($(stat -c %s "$target") bytes)"
+"$target" --install "$cni_bin_dir" $force
+echo "applets in $cni_bin_dir: $("$target" --list | tr '\n' ' ')"
