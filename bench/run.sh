@@ -41,14 +41,17 @@ now_ns() { local t=$EPOCHREALTIME; echo $(( ${t/./} * 1000 )); }
 step() {
   local dir=$1 cmd=$2 conf=$3 plugin
   plugin=$(jq -r .type <<<"$conf")
-  local t0 t1
+  local t0 t1 rc=0
   t0=$(now_ns)
-  CNI_COMMAND="$cmd" CNI_CONTAINERID=bench1 CNI_NETNS="/run/netns/$contns" \
-    CNI_IFNAME=eth0 CNI_PATH="$dir" "$dir/$plugin" <<<"$conf" >"$work/out" 2>"$work/err" || {
-      echo "bench: $dir/$plugin $cmd failed:"; cat "$work/out" "$work/err"; exit 1; }
+  { time CNI_COMMAND="$cmd" CNI_CONTAINERID=bench1 CNI_NETNS="/run/netns/$contns" \
+    CNI_IFNAME=eth0 CNI_PATH="$dir" "$dir/$plugin" <<<"$conf" >"$work/out" 2>"$work/err"; } 2>"$work/time" || rc=$?
   t1=$(now_ns)
-  echo $(( (t1 - t0) / 1000 ))
+  [ $rc = 0 ] || { echo "bench: $dir/$plugin $cmd failed:"; cat "$work/out" "$work/err"; exit 1; }
+  # wall us, then CPU (user+sys) us of the plugin and everything it ran
+  echo "$(( (t1 - t0) / 1000 )) $(awk '{printf "%d", ($1+$2)*1000000}' "$work/time")"
 }
+
+TIMEFORMAT='%3U %3S'
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -67,15 +70,22 @@ scenario() {
     done
   done
   for op in add check del; do
-    local g r; g=$(median <"$work/go.$op"); r=$(median <"$work/rs.$op")
-    printf '%-34s %-6s go %7d us   cnibox %7d us   go/cnibox %5.1fx\n' "$label" "$op" "$g" "$r" \
-      "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')"
+    local g r gc rc
+    g=$(cut -d' ' -f1 <"$work/go.$op" | median); r=$(cut -d' ' -f1 <"$work/rs.$op" | median)
+    gc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/go.$op"); rc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/rs.$op")
+    printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx | cpu: go %6d cnibox %6d us %5.1fx\n' "$label" "$op" \
+      "$g" "$r" "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')" \
+      "$gc" "$rc" "$(awk -v g="$gc" -v r="$rc" 'BEGIN{print (r>0)?g/r:0}')"
   done
 }
 
-echo "cnibox bench: $N iterations per step, medians (wall time of one plugin process, incl. IPAM)"
+floor=$(for i in $(seq 21); do t0=$(now_ns); /bin/true; t1=$(now_ns); echo $(( (t1 - t0) / 1000 )); done | median)
+echo "cnibox bench: $N iterations per step; wall = median wall time of one plugin call (incl. IPAM),"
+echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, nft, iptables)"
+echo "floor: fork+exec of /bin/true from this shell takes $floor us"
 echo "cnibox: $("$CNIBOX" --version), $(stat -c %s "$(readlink -f "$CNIBOX")") bytes; Go reference: v1.9.1"
 scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
+CNIBOX_NO_INPROCESS=1 scenario "bridge + host-local, IPAM exec'd" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "ptp + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"ptp","ipam":{"type":"host-local","subnet":"10.98.0.0/24","dataDir":"@DATA@"}}'
