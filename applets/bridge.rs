@@ -19,7 +19,7 @@ use cnibox::l3::{self, Rollback};
 use cnibox::netlink::consts::*;
 use cnibox::netlink::link::{parse_mac, NewLink, Peer};
 use cnibox::netlink::{attr, LinkId, Nl};
-use cnibox::netns::{self, Netns};
+use cnibox::netns::Netns;
 use cnibox::sysctl;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -543,25 +543,12 @@ fn add_default_routes(res: &mut CniResult) {
 
 fn del(ctx: &Ctx) -> Result<()> {
     let b = parse(ctx)?;
-    let mut errs: Vec<anyhow::Error> = Vec::new();
-    if !ctx.netns.is_empty() {
-        match Netns::open(&ctx.netns) {
-            Ok(ns) => {
-                if let Err(e) =
-                    Nl::open_in(&ns).and_then(|cnl| l3::delete_cont_link(&cnl, &ctx.ifname))
-                {
-                    errs.push(e);
-                }
-            }
-            Err(e) if netns::is_gone(&e) => {}
-            Err(e) => errs.push(e),
-        }
-    }
-    if b.l3 {
-        if let Err(e) = delegate::del(ctx, ctx.conf.ipam_type()) {
-            errs.push(e);
-        }
-    }
+    let cont = l3::del_cont_iface(&ctx.netns, &ctx.ifname);
+    let ipam = if b.l3 {
+        delegate::del(ctx, ctx.conf.ipam_type())
+    } else {
+        Ok(())
+    };
     // Rules are found by name, not by the container's addresses, so they go even when
     // the netns is gone (the reference leaks them then).
     if b.c.macspoofchk {
@@ -569,15 +556,12 @@ fn del(ctx: &Ctx) -> Result<()> {
             eprintln!("bridge DEL: {e:#}");
         }
     }
-    if b.l3 && b.c.ip_masq {
-        if let Err(e) = ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id) {
-            errs.push(e);
-        }
-    }
-    match errs.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let masq = if b.l3 && b.c.ip_masq {
+        ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+    } else {
+        Ok(())
+    };
+    l3::first_error([cont, ipam, masq])
 }
 
 fn check(ctx: &Ctx) -> Result<()> {

@@ -13,7 +13,7 @@ use cnibox::fw::ipmasq;
 use cnibox::l3::{self, Rollback};
 use cnibox::netlink::route::{RT_SCOPE_HOST, RT_SCOPE_LINK};
 use cnibox::netlink::{LinkId, Nl, RouteSpec};
-use cnibox::netns::{self, Netns};
+use cnibox::netns::Netns;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -179,32 +179,15 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 
 fn del(ctx: &Ctx) -> Result<()> {
     let (c, _) = parse(ctx)?;
-    let mut errs: Vec<anyhow::Error> = Vec::new();
-    if let Err(e) = delegate::del(ctx, ctx.conf.ipam_type()) {
-        errs.push(e);
-    }
-    if !ctx.netns.is_empty() {
-        match Netns::open(&ctx.netns) {
-            Ok(ns) => {
-                if let Err(e) =
-                    Nl::open_in(&ns).and_then(|cnl| l3::delete_cont_link(&cnl, &ctx.ifname))
-                {
-                    errs.push(e);
-                }
-            }
-            Err(e) if netns::is_gone(&e) => {}
-            Err(e) => errs.push(e),
-        }
-    }
-    if c.ip_masq {
-        if let Err(e) = ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id) {
-            errs.push(e);
-        }
-    }
-    match errs.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let ipam = delegate::del(ctx, ctx.conf.ipam_type());
+    let cont = l3::del_cont_iface(&ctx.netns, &ctx.ifname);
+    // Found by name, so removed even when the netns is gone (the reference leaks them).
+    let masq = if c.ip_masq {
+        ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+    } else {
+        Ok(())
+    };
+    l3::first_error([ipam, cont, masq])
 }
 
 fn check(ctx: &Ctx) -> Result<()> {

@@ -363,6 +363,25 @@ pub fn apply_dns_override(dns: Option<&serde_json::Value>, res: &mut CniResult) 
     Ok(())
 }
 
+/// DEL's interface step for the veth-based plugins: delete `ifname` in `netns`. An
+/// empty netns, a vanished netns and a missing link all count as done.
+pub fn del_cont_iface(netns: &str, ifname: &str) -> Result<()> {
+    if netns.is_empty() {
+        return Ok(());
+    }
+    let ns = match Netns::open(netns) {
+        Ok(ns) => ns,
+        Err(e) if crate::netns::is_gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    delete_cont_link(&Nl::open_in(&ns)?, ifname).map(|_| ())
+}
+
+/// Best-effort teardown: every step has already run; report the first failure.
+pub fn first_error(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    steps.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}
+
 /// The global unicast addresses of `ifname` in the container, then delete it. A link
 /// that is already gone is fine (DEL is idempotent).
 pub fn delete_cont_link(cont_nl: &Nl, ifname: &str) -> Result<Vec<IpNet>> {

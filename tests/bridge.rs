@@ -10,19 +10,6 @@ const VERSIONS: &[&str] = &[
     "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
 ];
 
-fn ipam(rig: &Rig, ranges: Value) -> Value {
-    json!({"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()})
-}
-
-fn br_conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
-    let mut c = json!({"cniVersion": ver, "name": "brnet", "type": "bridge", "bridge": "cbr0",
-                       "ipam": ipam(rig, ranges)});
-    if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    c
-}
-
 fn v4() -> Value {
     json!([[{"subnet": "10.1.2.0/24"}]])
 }
@@ -33,27 +20,10 @@ fn dual() -> Value {
     json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]])
 }
 
-fn link(ns: &Netns, name: &str) -> Option<Value> {
-    links(ns).into_iter().find(|l| l["ifname"] == name)
-}
-
-fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
-    let (ip, len) = cidr.split_once('/').unwrap();
-    addrs(ns, ifname)
-        .iter()
-        .any(|a| a["local"] == ip && a["prefixlen"] == len.parse::<u64>().unwrap())
-}
-
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
-
 /// ADD, check the result and kernel state, CHECK (≥0.4.0), DEL twice.
 fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         ver,
         json!({"isGateway": true, "isDefaultGateway": default_gw}),
@@ -187,7 +157,7 @@ fn resolv_conf_feeds_dns() {
     let rig = Rig::new();
     let rc = rig.dir.join("resolv.conf");
     std::fs::write(&rc, "nameserver 10.1.2.123\nsearch example.com\n").unwrap();
-    let mut conf = br_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    let mut conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     conf["ipam"]["resolvConf"] = json!(rc);
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     assert_eq!(v["dns"]["nameservers"], json!(["10.1.2.123"]));
@@ -210,7 +180,7 @@ fn existing_bridge_is_reused_and_non_bridge_refused() {
     let rig = Rig::new();
     rig.host.ip(&["link", "add", "cbr0", "type", "bridge"]);
     let before = link(&rig.host, "cbr0").unwrap()["ifindex"].clone();
-    let conf = br_conf(&rig, "1.0.0", json!({}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({}), v4());
     rig.call("bridge", "ADD", &conf).run().ok();
     assert_eq!(link(&rig.host, "cbr0").unwrap()["ifindex"], before);
 
@@ -218,7 +188,7 @@ fn existing_bridge_is_reused_and_non_bridge_refused() {
     rig.host.ip(&[
         "link", "add", "cbr0", "type", "veth", "peer", "name", "cbr0p",
     ]);
-    let conf = br_conf(&rig, "1.0.0", json!({}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({}), v4());
     let out = rig.call("bridge", "ADD", &conf).run();
     assert!(
         out.stdout
@@ -265,7 +235,7 @@ fn l2_only() {
 #[test]
 fn del_of_never_added_is_success() {
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "1.0.0",
         json!({"ipMasq": true, "macspoofchk": true}),
@@ -282,9 +252,9 @@ fn del_of_never_added_is_success() {
 #[test]
 fn bridge_address_conflicts() {
     let rig = Rig::new();
-    let a = br_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    let a = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     rig.call("bridge", "ADD", &a).run().ok();
-    let mut b = br_conf(
+    let mut b = bridge_conf(
         &rig,
         "1.0.0",
         json!({"isGateway": true}),
@@ -304,12 +274,7 @@ fn bridge_address_conflicts() {
         out.stdout
     );
     // The failed ADD released its IP and removed its veth.
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("other"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("10."))
-        .collect();
+    let left = reservations(&rig.data_dir().join("other"));
     assert!(left.is_empty(), "{left:?}");
     assert!(link(&cont2, "eth0").is_none());
     b["forceAddress"] = json!(true);
@@ -326,11 +291,11 @@ fn bridge_address_conflicts() {
     rig.call(
         "bridge",
         "ADD",
-        &br_conf(&rig, "1.0.0", json!({"isGateway": true}), v6()),
+        &bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v6()),
     )
     .run()
     .ok();
-    let mut b = br_conf(
+    let mut b = bridge_conf(
         &rig,
         "1.0.0",
         json!({"isGateway": true}),
@@ -350,7 +315,7 @@ fn bridge_address_conflicts() {
 #[test]
 fn promisc_hairpin_isolation() {
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "1.0.0",
         json!({"promiscMode": true, "portIsolation": true}),
@@ -371,13 +336,13 @@ fn promisc_hairpin_isolation() {
     assert_eq!(host["linkinfo"]["info_slave_data"]["hairpin"], false);
 
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"hairpinMode": true}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"hairpinMode": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let host = link(&rig.host, v["interfaces"][1]["name"].as_str().unwrap()).unwrap();
     assert_eq!(host["linkinfo"]["info_slave_data"]["hairpin"], true);
     assert_eq!(host["linkinfo"]["info_slave_data"]["isolated"], false);
 
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "1.0.0",
         json!({"hairpinMode": true, "promiscMode": true}),
@@ -392,7 +357,7 @@ fn promisc_hairpin_isolation() {
 #[test]
 fn stable_bridge_mac() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let mac = link(&rig.host, "cbr0").unwrap()["address"].clone();
     let c2 = rig.add_cont();
@@ -411,7 +376,7 @@ fn stable_bridge_mac() {
 #[test]
 fn container_mac_precedence() {
     let rig = Rig::new();
-    let base = br_conf(&rig, "1.0.0", json!({}), v4());
+    let base = bridge_conf(&rig, "1.0.0", json!({}), v4());
     let v = rig
         .call("bridge", "ADD", &base)
         .args("IgnoreUnknown=1;MAC=0a:58:0a:01:02:aa")
@@ -460,7 +425,7 @@ fn ip_masq_backends() {
             if let Some(b) = backend {
                 extra["ipMasqBackend"] = json!(b);
             }
-            let conf = br_conf(&rig, ver, extra, v4());
+            let conf = bridge_conf(&rig, ver, extra, v4());
             let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
             let ip = v["ips"][0]["address"]
                 .as_str()
@@ -493,7 +458,7 @@ fn ip_masq_backends() {
 fn del_with_netns_gone_still_removes_rules() {
     for backend in ["iptables", "nftables"] {
         let mut rig = Rig::new();
-        let conf = br_conf(
+        let conf = bridge_conf(
             &rig,
             "1.0.0",
             json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": backend, "macspoofchk": true}),
@@ -509,12 +474,7 @@ fn del_with_netns_gone_still_removes_rules() {
         assert!(!nft.contains("masquerade comment"), "{nft}");
         assert!(!iptables_save(&rig.host, false).contains("CNI-"));
         // and the IP is released
-        let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("10."))
-            .collect();
+        let left = reservations(&rig.data_dir().join("brnet"));
         assert!(left.is_empty(), "{left:?}");
     }
 }
@@ -523,7 +483,7 @@ fn del_with_netns_gone_still_removes_rules() {
 fn check_detects_changes() {
     for ranges in [v4(), v6(), dual()] {
         let rig = Rig::new();
-        let conf = br_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), ranges);
+        let conf = bridge_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), ranges);
         let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
         let c = with_prev(&conf, &v);
         rig.call("bridge", "CHECK", &c).run().ok();
@@ -536,7 +496,7 @@ fn check_detects_changes() {
         );
     }
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let c = with_prev(&conf, &v);
     rig.cont.ip(&["route", "del", "default"]);
@@ -565,7 +525,7 @@ fn check_detects_changes() {
 #[test]
 fn macspoofchk_rules() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"macspoofchk": true}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"macspoofchk": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let nft = nft_ruleset(&rig.host);
     let mac = v["interfaces"][2]["mac"].as_str().unwrap();
@@ -581,7 +541,7 @@ fn macspoofchk_rules() {
 #[test]
 fn disable_container_interface() {
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "1.0.0",
         json!({"disableContainerInterface": true}),
@@ -640,7 +600,7 @@ fn config_validation() {
         ),
     ];
     for (extra, msg) in cases {
-        let conf = br_conf(&rig, "1.0.0", extra.clone(), v4());
+        let conf = bridge_conf(&rig, "1.0.0", extra.clone(), v4());
         let out = rig.call("bridge", "ADD", &conf).run();
         assert_eq!(out.code, 1, "{extra}");
         assert!(
@@ -658,7 +618,7 @@ fn config_validation() {
 #[test]
 fn parallel_adds_on_a_new_bridge() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     let conts: Vec<Netns> = (0..16).map(|_| rig.new_netns()).collect();
     std::thread::scope(|s| {
         for (i, c) in conts.iter().enumerate() {
@@ -693,7 +653,7 @@ fn parallel_adds_on_a_new_bridge() {
 #[test]
 fn traffic_between_containers_and_host() {
     let rig = Rig::new();
-    let conf = br_conf(&rig, "1.0.0", json!({"isGateway": true}), dual());
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), dual());
     let v1 = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let c2 = rig.add_cont();
     let v2 = rig
@@ -739,7 +699,7 @@ fn differential_against_the_reference() {
         let go = Rig::new();
         let ours = Rig::new();
         let mk = |rig: &Rig| {
-            let mut c = br_conf(rig, "1.0.0", extra.clone(), ranges.clone());
+            let mut c = bridge_conf(rig, "1.0.0", extra.clone(), ranges.clone());
             if ranges.is_null() {
                 c.as_object_mut().unwrap().remove("ipam");
             }
@@ -790,15 +750,7 @@ fn differential_against_the_reference() {
             assert!(!iptables_save(&rig.host, false).contains("CNI-"));
             assert!(!nft_ruleset(&rig.host).contains("masquerade comment"));
             if !ranges.is_null() {
-                let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
-                    .unwrap()
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        n.contains('.') && !n.starts_with("last") && !n.starts_with('.')
-                            || n.contains(':')
-                    })
-                    .collect();
+                let left = reservations(&rig.data_dir().join("brnet"));
                 assert!(left.is_empty(), "{left:?}");
             }
         }
@@ -810,7 +762,7 @@ fn cleans_up_after_the_installed_base() {
     // A node running Debian's 1.1.1 plugins switches to cnibox: our DEL removes what
     // the old plugin ADDed (link, IP reservation, masquerade chain).
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "0.4.0",
         json!({"isGateway": true, "ipMasq": true}),
@@ -821,19 +773,14 @@ fn cleans_up_after_the_installed_base() {
     rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
     assert!(link(&rig.cont, "eth0").is_none());
     assert!(!iptables_save(&rig.host, false).contains("CNI-"));
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("10."))
-        .collect();
+    let left = reservations(&rig.data_dir().join("brnet"));
     assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn gc_removes_stale_masquerade_and_reservations() {
     let rig = Rig::new();
-    let conf = br_conf(
+    let conf = bridge_conf(
         &rig,
         "1.1.0",
         json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}),
@@ -855,11 +802,6 @@ fn gc_removes_stale_masquerade_and_reservations() {
     let nft = nft_ruleset(&rig.host);
     assert_eq!(nft.matches("masquerade comment").count(), 1, "{nft}");
     assert!(nft.contains("id: gc1"));
-    let left: Vec<_> = std::fs::read_dir(rig.data_dir().join("brnet"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("10."))
-        .collect();
+    let left = reservations(&rig.data_dir().join("brnet"));
     assert_eq!(left.len(), 1, "{left:?}");
 }

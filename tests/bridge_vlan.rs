@@ -9,32 +9,8 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn ipam(rig: &Rig, ranges: Value) -> Value {
-    json!({"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()})
-}
-
-fn br_conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
-    let mut c = json!({"cniVersion": ver, "name": "brnet", "type": "bridge", "bridge": "cbr0",
-                       "ipam": ipam(rig, ranges)});
-    if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    c
-}
-
 fn v4() -> Value {
     json!([[{"subnet": "10.1.2.0/24"}]])
-}
-
-fn link(ns: &Netns, name: &str) -> Option<Value> {
-    links(ns).into_iter().find(|l| l["ifname"] == name)
-}
-
-fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
-    let (ip, len) = cidr.split_once('/').unwrap();
-    addrs(ns, ifname)
-        .iter()
-        .any(|a| a["local"] == ip && a["prefixlen"] == len.parse::<u64>().unwrap())
 }
 
 /// Can this kernel filter VLANs on a bridge? If not, fail loudly, or defer to the VM.
@@ -139,7 +115,7 @@ fn l3_with_vlan_gateway() {
     }
     for preserve in [false, true] {
         let rig = Rig::new();
-        let conf = br_conf(
+        let conf = bridge_conf(
             &rig,
             "1.0.0",
             json!({"isGateway": true, "vlan": 100, "preserveDefaultVlan": preserve}),

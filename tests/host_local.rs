@@ -21,19 +21,6 @@ fn dir(rig: &Rig) -> std::path::PathBuf {
     rig.data_dir().join("hlnet")
 }
 
-fn ip_files(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p).unwrap()
 }
@@ -80,7 +67,7 @@ fn add_del_ranges_resolvconf_routes() {
         assert_eq!(read(dir(&rig).join("last_reserved_ip.0")), "10.1.2.2");
         assert_eq!(read(dir(&rig).join("last_reserved_ip.1")), "2001:db8:1::2");
         rig.call("host-local", "DEL", &c).id("dummy").run().ok();
-        assert!(ip_files(&dir(&rig)).is_empty());
+        assert!(reservations(&dir(&rig)).is_empty());
         // reset round-robin for the next version
         for f in ["last_reserved_ip.0", "last_reserved_ip.1"] {
             let _ = std::fs::remove_file(dir(&rig).join(f));
@@ -132,7 +119,7 @@ fn two_ifnames_of_one_container() {
         format!("{}\r\neth1", rig.id())
     );
     rig.call("host-local", "DEL", &c).ifname("eth1").run().ok();
-    assert_eq!(ip_files(&dir(&rig)), vec!["10.1.2.2"]);
+    assert_eq!(reservations(&dir(&rig)), vec!["10.1.2.2"]);
 }
 
 #[test]
@@ -167,7 +154,7 @@ fn legacy_id_only_files_are_released() {
     std::fs::create_dir_all(dir(&rig)).unwrap();
     std::fs::write(dir(&rig).join("10.1.2.9"), "legacyid\n").unwrap();
     rig.call("host-local", "DEL", &c).id("legacyid").run().ok();
-    assert!(ip_files(&dir(&rig)).is_empty());
+    assert!(reservations(&dir(&rig)).is_empty());
     rig.call("host-local", "DEL", &c).id("unknown").run().ok();
 }
 
@@ -265,7 +252,7 @@ fn requested_ips() {
         out.stdout
     );
     // nothing leaked by the failures
-    assert_eq!(ip_files(&rig.data_dir().join("hlnet")).len(), 5);
+    assert_eq!(reservations(&rig.data_dir().join("hlnet")).len(), 5);
 }
 
 #[test]
@@ -532,7 +519,7 @@ fn state_interoperates_both_ways() {
     );
     rig.call("host-local", "DEL", &c).id("go1").run().ok();
     rig.call("host-local", "DEL", &c).id("rs1").go().run().ok();
-    assert!(ip_files(&dir(&rig)).is_empty());
+    assert!(reservations(&dir(&rig)).is_empty());
     // the installed base (Debian 1.1.1) too
     rig.call("host-local", "ADD", &c)
         .id("deb1")
@@ -540,7 +527,7 @@ fn state_interoperates_both_ways() {
         .run()
         .ok();
     rig.call("host-local", "DEL", &c).id("deb1").run().ok();
-    assert!(ip_files(&dir(&rig)).is_empty());
+    assert!(reservations(&dir(&rig)).is_empty());
 }
 
 #[test]
@@ -567,7 +554,7 @@ fn concurrent_mixed_go_and_cnibox() {
     });
     let ips: HashSet<String> = results.iter().map(|v| addr_of(v, 0)).collect();
     assert_eq!(ips.len(), 64);
-    let files = ip_files(&dir(&rig));
+    let files = reservations(&dir(&rig));
     assert_eq!(files.len(), 64);
     for f in &files {
         let content = read(dir(&rig).join(f));
@@ -587,7 +574,7 @@ fn concurrent_mixed_go_and_cnibox() {
             });
         }
     });
-    assert!(ip_files(&dir(&rig)).is_empty());
+    assert!(reservations(&dir(&rig)).is_empty());
 }
 
 #[test]
@@ -607,7 +594,7 @@ fn kill_during_adds_leaves_nothing_unremovable() {
             call.run().ok();
         }
     }
-    let files = ip_files(&dir(&rig));
+    let files = reservations(&dir(&rig));
     let mut owners = HashSet::new();
     for f in &files {
         let content = read(dir(&rig).join(f));
@@ -620,7 +607,7 @@ fn kill_during_adds_leaves_nothing_unremovable() {
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     rig.call("host-local", "GC", &gc).run().ok();
-    assert!(ip_files(&dir(&rig)).is_empty());
+    assert!(reservations(&dir(&rig)).is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(dir(&rig))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -645,7 +632,7 @@ fn gc_releases_exactly_the_invalid() {
         {"containerID": "g1", "ifname": "eth0"}, {"containerID": "g3", "ifname": "eth0"},
         {"containerID": "g5", "ifname": "eth0"}, {"containerID": "g7", "ifname": "eth0"}]);
     rig.call("host-local", "GC", &gc).run().ok();
-    let owners: Vec<String> = ip_files(&dir(&rig))
+    let owners: Vec<String> = reservations(&dir(&rig))
         .iter()
         .map(|f| read(dir(&rig).join(f)))
         .collect();
@@ -691,7 +678,7 @@ fn del_at_one_thousand_reservations() {
         "host-local DEL at 2,000 reservations: cnibox {ours:?}, Go v1.9.1 {:?}",
         t.elapsed()
     );
-    assert_eq!(ip_files(&dir(&rig)).len(), 1998);
+    assert_eq!(reservations(&dir(&rig)).len(), 1998);
     rig.call("host-local", "DEL", &c).id("go7").run().ok();
-    assert_eq!(ip_files(&dir(&rig)).len(), 1997);
+    assert_eq!(reservations(&dir(&rig)).len(), 1997);
 }

@@ -14,27 +14,6 @@ fn conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
     c
 }
 
-fn link(ns: &Netns, name: &str) -> Option<Value> {
-    links(ns).into_iter().find(|l| l["ifname"] == name)
-}
-
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
-
-fn reservations(rig: &Rig) -> Vec<String> {
-    std::fs::read_dir(rig.data_dir().join("ptpnet"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn add_del_every_version() {
     for ver in [
@@ -91,7 +70,7 @@ fn add_del_every_version() {
         }
         rig.call("ptp", "DEL", &with_prev(&c, &v)).run().ok();
         assert!(link(&rig.cont, "eth0").is_none());
-        assert!(reservations(&rig).is_empty());
+        assert!(reservations(&rig.data_dir().join("ptpnet")).is_empty());
         rig.call("ptp", "DEL", &with_prev(&c, &v)).run().ok();
     }
 }
@@ -135,7 +114,7 @@ fn masquerade_removed_when_netns_is_gone() {
     rig.drop_cont();
     rig.call("ptp", "DEL", &c).netns(&gone).run().ok();
     assert!(!nft_ruleset(&rig.host).contains("masquerade comment"));
-    assert!(reservations(&rig).is_empty());
+    assert!(reservations(&rig.data_dir().join("ptpnet")).is_empty());
 }
 
 #[test]
@@ -251,7 +230,10 @@ fn failed_add_leaves_nothing() {
     let out = rig.call("ptp", "ADD", &c).run();
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("already exists"), "{}", out.stdout);
-    assert!(reservations(&rig).is_empty(), "IP released");
+    assert!(
+        reservations(&rig.data_dir().join("ptpnet")).is_empty(),
+        "IP released"
+    );
     assert!(!nft_ruleset(&rig.host).contains("masquerade comment"));
     assert!(links(&rig.host)
         .iter()
@@ -306,7 +288,7 @@ fn differential_against_the_reference() {
         for rig in [&go, &ours] {
             assert!(link(&rig.cont, "eth0").is_none());
             assert!(!iptables_save(&rig.host, false).contains("CNI-"));
-            assert!(reservations(rig).is_empty());
+            assert!(reservations(&rig.data_dir().join("ptpnet")).is_empty());
         }
     }
 }

@@ -464,3 +464,56 @@ pub fn normalize_result(v: &Value) -> Value {
 fn is_random_veth(s: &str) -> bool {
     s.len() == 12 && s.starts_with("veth") && s[4..].chars().all(|c| c.is_ascii_hexdigit())
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers shared by the plugin test files
+
+/// `ip -d link` entry of `name`, if it exists.
+pub fn link(ns: &Netns, name: &str) -> Option<Value> {
+    links(ns).into_iter().find(|l| l["ifname"] == name)
+}
+
+/// Does `ifname` carry `cidr` ("10.1.2.3/24")?
+pub fn has_addr(ns: &Netns, ifname: &str, cidr: &str) -> bool {
+    let (ip, len) = cidr.split_once('/').expect("cidr");
+    let len: u64 = len.parse().expect("prefix length");
+    addrs(ns, ifname)
+        .iter()
+        .any(|a| a["local"] == ip && a["prefixlen"] == len)
+}
+
+/// `conf` with `prevResult` set (for CHECK and DEL).
+pub fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+/// `base` with the keys of `extra` added or replaced.
+pub fn merged(mut base: Value, extra: &Value) -> Value {
+    if let (Some(o), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    base
+}
+
+/// The host-local reservation files (named after an IP) in `dir`, sorted.
+pub fn reservations(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A bridge config on bridge `cbr0` with host-local over `ranges` in the rig's data dir.
+pub fn bridge_conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
+    let base = serde_json::json!({"cniVersion": ver, "name": "brnet", "type": "bridge", "bridge": "cbr0",
+        "ipam": {"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()}});
+    merged(base, &extra)
+}
