@@ -247,8 +247,10 @@ fn setup_port_vlans(
 }
 
 /// Put `gw/len` on `link`; a different IPv4 address (or an overlapping IPv6 one) is a
-/// conflict, replaced only with `forceAddress`. Then pin the link's MAC so a bridge
-/// stops following its ports' MACs.
+/// conflict, replaced only with `forceAddress`. When the address is new, pin the link's
+/// MAC so a bridge stops following its ports' MACs. (The reference pins on every ADD;
+/// setting a MAC, even the same one, flushes the bridge's whole neighbour cache, so we
+/// do it once.)
 fn ensure_gateway_addr(nl: &Nl, link_name: &str, gw: &IpNet, force: bool) -> Result<()> {
     let link = nl.link_must(LinkId::Name(link_name))?;
     let v6 = gw.addr().is_ipv6();
@@ -271,12 +273,12 @@ fn ensure_gateway_addr(nl: &Nl, link_name: &str, gw: &IpNet, force: bool) -> Res
         }
         match nl.add_addr(link.index, gw, 0) {
             Ok(()) => {}
-            Err(e) if cnibox::netlink::is_errno(&e, libc::EEXIST) => {}
+            Err(e) if cnibox::netlink::is_errno(&e, libc::EEXIST) => return Ok(()),
             Err(e) => return Err(e).context(format!("could not add IP address to {link_name:?}")),
         }
+        nl.set_mac(link.index, parse_mac(&link.mac)?)?;
     }
-    let mac = parse_mac(&link.mac)?;
-    nl.set_mac(link.index, mac)
+    Ok(())
 }
 
 /// The `<bridge>.<vlan>` gateway veth in the host netns, created once per VLAN.
@@ -497,6 +499,16 @@ fn add_steps<'a>(
 
     if !b.c.disable_cont_iface {
         wait_oper_up(nl, pair.host.index)?;
+        // Best effort: a failed announcement must not fail the ADD.
+        if let Err(e) = l3::announce(
+            cont_ns,
+            &ctx.ifname,
+            pair.cont.index,
+            &pair.cont.mac,
+            &res.ips,
+        ) {
+            eprintln!("bridge ADD: {e:#}");
+        }
     }
     // The bridge's and the host port's MACs can change while ports come and go.
     let host_now = nl.link_must(LinkId::Index(pair.host.index))?;
