@@ -500,13 +500,7 @@ fn add_steps<'a>(
     if !b.c.disable_cont_iface {
         wait_oper_up(nl, pair.host.index)?;
         // Best effort: a failed announcement must not fail the ADD.
-        if let Err(e) = l3::announce(
-            cont_ns,
-            &ctx.ifname,
-            pair.cont.index,
-            &pair.cont.mac,
-            &res.ips,
-        ) {
+        if let Err(e) = l3::announce(cont_nl, pair.cont.index, &pair.cont.mac) {
             eprintln!("bridge ADD: {e:#}");
         }
     }
