@@ -925,3 +925,43 @@ fn reused_address_refreshes_neighbour_caches() {
         "host neighbour entry for {ip} was not refreshed"
     );
 }
+
+#[test]
+fn macspoofchk_matches_the_reference() {
+    // Our native nf_tables rules list exactly like the ones Go creates through nft,
+    // and each implementation's DEL removes the other's.
+    let go = Rig::new();
+    let ours = Rig::new();
+    let mac = "0a:58:0a:01:02:33";
+    let conf = |rig: &Rig| {
+        let mut c = bridge_conf(rig, "1.0.0", json!({"macspoofchk": true}), v4());
+        c["args"] = json!({"cni": {"mac": mac}});
+        c
+    };
+    let gv = go.call("bridge", "ADD", &conf(&go)).go().run().ok().clone();
+    let ov = ours.call("bridge", "ADD", &conf(&ours)).run().ok().clone();
+    let rules = |rig: &Rig, v: &Value| {
+        let host_if = v["interfaces"][1]["name"].as_str().unwrap().to_string();
+        nft_ruleset(&rig.host)
+            .replace(&host_if, "<veth>")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rules(&go, &gv), rules(&ours, &ov));
+    go.call("bridge", "DEL", &with_prev(&conf(&go), &gv))
+        .run()
+        .ok();
+    ours.call("bridge", "DEL", &with_prev(&conf(&ours), &ov))
+        .go()
+        .run()
+        .ok();
+    for rig in [&go, &ours] {
+        let nft = nft_ruleset(&rig.host);
+        assert!(
+            !nft.contains("cni-br-iface-") && !nft.contains("macspoofchk-"),
+            "{nft}"
+        );
+    }
+}

@@ -11,7 +11,8 @@
 //! works for both backends (iptables rules carry the network and container in their
 //! comment).
 
-use super::{go_quote, hash_with_prefix, have, nft_list_rules, nft_quote, run};
+use super::{go_quote, hash_with_prefix, have, run};
+use crate::netlink::nftables::{self, Batch, ChainSpec, Expr};
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 
@@ -24,13 +25,14 @@ pub enum Backend {
     Nftables,
 }
 
-/// `ipMasqBackend` → backend; unset prefers iptables unless only nft is present.
+/// `ipMasqBackend` → backend; unset prefers iptables, as the reference does, and falls
+/// back to nftables (spoken natively, no `nft` binary needed) when iptables is absent.
 pub fn backend(conf: Option<&str>) -> Result<Backend> {
     match conf {
         Some("iptables") => Ok(Backend::Iptables),
         Some("nftables") => Ok(Backend::Nftables),
         Some(other) => bail!("unknown ipmasq backend {other:?}"),
-        None if !have("iptables") && have("nft") => Ok(Backend::Nftables),
+        None if !have("iptables") => Ok(Backend::Nftables),
         None => Ok(Backend::Iptables),
     }
 }
@@ -72,61 +74,87 @@ pub fn nft_comment(net: &str, ifname: &str, cid: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// nftables
+// nftables, spoken natively (one nfnetlink batch per change; no `nft` process)
 
-/// The transaction for ADD: (re)declare the table, rewrite `postrouting`, drop stale rules
-/// of this attachment (`stale` handles) and add one rule per IP.
-pub fn nft_setup_script(
+const TABLE_COMMENT: &str = "Masquerading for plugins from github.com/containernetworking/plugins";
+const CHAIN_COMMENT: &str =
+    "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
+/// nft's `srcnat` priority.
+const SRCNAT: i32 = 100;
+
+/// The `masq_checks` rule for one address: `ip[6] saddr == <ip> ip[6] daddr != <subnet>
+/// masquerade`, with the attachment's comment.
+pub fn nft_masq_rule(ip: &IpNet) -> Vec<Expr> {
+    let mut e = Vec::new();
+    let host = IpNet::new(ip.addr(), if ip.addr().is_ipv4() { 32 } else { 128 }).unwrap_or(*ip);
+    nftables::match_addr(&host, true, false, &mut e);
+    nftables::match_addr(&ip.trunc(), false, true, &mut e);
+    e.push(Expr::Masq);
+    e
+}
+
+/// ADD's transaction: (re)declare the table and chains, rewrite `postrouting`, drop stale
+/// rules of this attachment (`stale` handles) and add one rule per IP.
+pub fn nft_setup_batch(
     ips: &[IpNet],
     net: &str,
     ifname: &str,
     cid: &str,
     stale: &[u64],
-) -> String {
-    let t = format!("inet {NFT_TABLE}");
-    let mut s = String::new();
-    s += &format!(
-        "add table {t} {{ comment {} ; }}\n",
-        nft_quote("Masquerading for plugins from github.com/containernetworking/plugins")
-    );
-    s += &format!(
-        "add chain {t} {NFT_CHAIN} {{ comment {} ; }}\n",
-        nft_quote(
-            "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet"
-        )
-    );
-    s += &format!("add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}\n");
-    s += &format!("flush chain {t} postrouting\n");
-    s += &format!("add rule {t} postrouting ip daddr == 224.0.0.0/4 return\n");
-    s += &format!("add rule {t} postrouting ip6 daddr == ff00::/8 return\n");
-    s += &format!("add rule {t} postrouting goto {NFT_CHAIN}\n");
+) -> Result<Batch> {
+    let mut b = Batch::new(nftables::NFPROTO_INET, NFT_TABLE);
+    b.add_table(Some(TABLE_COMMENT))?;
+    b.add_chain(&ChainSpec {
+        name: NFT_CHAIN,
+        comment: Some(CHAIN_COMMENT),
+        base: None,
+    })?;
+    b.add_chain(&ChainSpec {
+        name: "postrouting",
+        comment: None,
+        base: Some(("nat", nftables::NF_INET_POST_ROUTING, SRCNAT)),
+    })?;
+    b.flush_chain("postrouting")?;
+    for mcast in ["224.0.0.0/4", "ff00::/8"] {
+        let mut e = Vec::new();
+        let net: IpNet = mcast.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        nftables::match_addr(&net, false, false, &mut e);
+        e.push(Expr::Verdict(nftables::NFT_RETURN, None));
+        b.add_rule("postrouting", &e, None)?;
+    }
+    b.add_rule(
+        "postrouting",
+        &[Expr::Verdict(
+            nftables::NFT_GOTO,
+            Some(NFT_CHAIN.to_string()),
+        )],
+        None,
+    )?;
     for h in stale {
-        s += &format!("delete rule {t} {NFT_CHAIN} handle {h}\n");
+        b.delete_rule(NFT_CHAIN, *h)?;
     }
-    let comment = nft_quote(&nft_comment(net, ifname, cid));
+    let comment = nft_comment(net, ifname, cid);
     for ip in ips {
-        let fam = if ip.addr().is_ipv4() { "ip" } else { "ip6" };
-        s += &format!(
-            "add rule {t} {NFT_CHAIN} {fam} saddr == {} {fam} daddr != {} masquerade comment {comment}\n",
-            ip.addr(),
-            ip.trunc()
-        );
+        b.add_rule(NFT_CHAIN, &nft_masq_rule(ip), Some(&comment))?;
     }
-    s
-}
-
-fn delete_handles_script(handles: &[u64]) -> String {
-    handles
-        .iter()
-        .map(|h| format!("delete rule inet {NFT_TABLE} {NFT_CHAIN} handle {h}\n"))
-        .collect()
+    Ok(b)
 }
 
 fn nft_rules_with_prefix(prefix: &str) -> Result<Vec<(u64, String)>> {
-    Ok(nft_list_rules("inet", NFT_TABLE, NFT_CHAIN)?
-        .into_iter()
-        .filter(|(_, c)| c.starts_with(prefix))
-        .collect())
+    Ok(
+        nftables::list_rules(nftables::NFPROTO_INET, NFT_TABLE, NFT_CHAIN)?
+            .into_iter()
+            .filter(|(_, c)| c.starts_with(prefix))
+            .collect(),
+    )
+}
+
+fn nft_delete(handles: Vec<u64>, what: &str) -> Result<()> {
+    let mut b = Batch::new(nftables::NFPROTO_INET, NFT_TABLE);
+    for h in handles {
+        b.delete_rule(NFT_CHAIN, h)?;
+    }
+    b.commit(what)
 }
 
 fn nft_setup(ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
@@ -134,23 +162,16 @@ fn nft_setup(ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
         .into_iter()
         .map(|(h, _)| h)
         .collect();
-    run(
-        "nft",
-        &["-f", "-"],
-        &nft_setup_script(ips, net, ifname, cid, &stale),
-    )
-    .map(|_| ())
+    nft_setup_batch(ips, net, ifname, cid, &stale)?
+        .commit("failed to set up ip masquerade (nftables)")
 }
 
 fn nft_teardown(net: &str, ifname: &str, cid: &str) -> Result<()> {
-    let handles: Vec<u64> = nft_rules_with_prefix(&nft_prefix(net, ifname, cid))?
+    let handles = nft_rules_with_prefix(&nft_prefix(net, ifname, cid))?
         .into_iter()
         .map(|(h, _)| h)
         .collect();
-    if handles.is_empty() {
-        return Ok(());
-    }
-    run("nft", &["-f", "-"], &delete_handles_script(&handles)).map(|_| ())
+    nft_delete(handles, "failed to tear down ip masquerade (nftables)")
 }
 
 fn nft_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
@@ -158,15 +179,15 @@ fn nft_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
         .iter()
         .map(|(cid, ifname)| nft_comment(net, ifname, cid))
         .collect();
-    let handles: Vec<u64> = nft_rules_with_prefix(&hash_net(net))?
+    let handles = nft_rules_with_prefix(&hash_net(net))?
         .into_iter()
         .filter(|(_, c)| !keep.contains(c))
         .map(|(h, _)| h)
         .collect();
-    if handles.is_empty() {
-        return Ok(());
-    }
-    run("nft", &["-f", "-"], &delete_handles_script(&handles)).map(|_| ())
+    nft_delete(
+        handles,
+        "failed to garbage-collect ip masquerade rules (nftables)",
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -310,6 +331,13 @@ fn ipt_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------
 
+fn ignore_unsupported(e: anyhow::Error) -> Result<()> {
+    match crate::netlink::errno(&e) {
+        Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// ADD: masquerade traffic from `ips` leaving their subnets.
 pub fn setup(backend: Backend, ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
     match backend {
@@ -327,8 +355,10 @@ pub fn teardown(net: &str, ifname: &str, cid: &str) -> Result<()> {
             errs.push(format!("{e:#}"));
         }
     }
-    if have("nft") {
-        if let Err(e) = nft_teardown(net, ifname, cid) {
+    {
+        // Native: no tool needed; a kernel without nf_tables answers "not supported",
+        // which simply means there is nothing to remove.
+        if let Err(e) = nft_teardown(net, ifname, cid).or_else(ignore_unsupported) {
             errs.push(format!("{e:#}"));
         }
     }
@@ -346,8 +376,8 @@ pub fn gc(net: &str, valid: &[(String, String)]) -> Result<()> {
             errs.push(format!("{e:#}"));
         }
     }
-    if have("nft") {
-        if let Err(e) = nft_gc(net, valid) {
+    {
+        if let Err(e) = nft_gc(net, valid).or_else(ignore_unsupported) {
             errs.push(format!("{e:#}"));
         }
     }
@@ -378,16 +408,39 @@ mod tests {
     }
 
     #[test]
-    fn nft_script() {
+    fn nft_rules() {
+        let rule = nft_masq_rule(&"10.0.0.2/24".parse().unwrap());
+        // as `nft --debug=netlink` shows for the same rule text
+        assert_eq!(rule.len(), 7, "{rule:?}");
+        assert_eq!(
+            rule[3],
+            Expr::Cmp {
+                neq: false,
+                data: vec![10, 0, 0, 2]
+            }
+        );
+        assert_eq!(
+            rule[4],
+            Expr::Payload {
+                base: 1,
+                offset: 16,
+                len: 3
+            }
+        );
+        assert_eq!(
+            rule[5],
+            Expr::Cmp {
+                neq: true,
+                data: vec![10, 0, 0]
+            }
+        );
+        assert_eq!(rule[6], Expr::Masq);
         let ips: Vec<IpNet> = vec![
             "10.0.0.2/24".parse().unwrap(),
             "fd00::2/64".parse().unwrap(),
         ];
-        let s = nft_setup_script(&ips, "n", "eth0", "c", &[5]);
-        assert!(s.contains("flush chain inet cni_plugins_masquerade postrouting\n"));
-        assert!(s.contains("delete rule inet cni_plugins_masquerade masq_checks handle 5\n"));
-        assert!(s.contains("ip saddr == 10.0.0.2 ip daddr != 10.0.0.0/24 masquerade comment"));
-        assert!(s.contains("ip6 saddr == fd00::2 ip6 daddr != fd00::/64 masquerade comment"));
+        let b = nft_setup_batch(&ips, "n", "eth0", "c", &[5]).unwrap();
+        assert!(!b.is_empty());
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! reference's table, chain and comment names so either implementation can remove what
 //! the other created.
 //!
-//! Every change is one batch: `nft -f -` (an atomic transaction) or
-//! `iptables-restore --noflush --wait` per family. Finding existing rules costs one
-//! read (`nft -j list`, `iptables-save -t nat`). Script building is pure code, tested
-//! without root; only [`run`] touches the system. Native nfnetlink is the planned next
-//! step; the scripts here are the first one.
+//! Every change is one batch: an nf_tables transaction sent natively over nfnetlink
+//! (`crate::netlink::nftables`, no `nft` process), or one
+//! `iptables-restore --noflush --wait` per family. Finding existing rules costs one read
+//! (an nf_tables rule dump, or `iptables-save -t nat`). The iptables scripts are pure
+//! code, tested without root; only [`run`] executes tools.
 
 pub mod ipmasq;
 pub mod spoofcheck;
@@ -82,45 +82,6 @@ pub fn run(prog: &str, args: &[&str], input: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Quote a string for nft's parser.
-pub fn nft_quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', ""))
-}
-
-/// Rules of one nft chain as (handle, comment), from `nft -j list chain ...`.
-/// A missing table or chain is "no rules".
-pub fn nft_list_rules(family: &str, table: &str, chain: &str) -> Result<Vec<(u64, String)>> {
-    let out = match run("nft", &["-j", "list", "chain", family, table, chain], "") {
-        Ok(o) => o,
-        Err(e) if e.to_string().contains("No such file or directory") => return Ok(vec![]),
-        Err(e) => return Err(e),
-    };
-    parse_nft_rules(&out)
-}
-
-pub fn parse_nft_rules(json: &str) -> Result<Vec<(u64, String)>> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).context("cannot parse nft's JSON output")?;
-    let mut out = Vec::new();
-    for item in v
-        .get("nftables")
-        .and_then(|n| n.as_array())
-        .into_iter()
-        .flatten()
-    {
-        if let Some(rule) = item.get("rule") {
-            let handle = rule.get("handle").and_then(|h| h.as_u64()).unwrap_or(0);
-            let comment = rule
-                .get("comment")
-                .and_then(|c| c.as_str())
-                .unwrap_or("")
-                .to_string();
-            out.push((handle, comment));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,16 +102,5 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(go_quote(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(nft_quote(r#"a"b"#), r#""ab""#);
-    }
-
-    #[test]
-    fn nft_json_rules() {
-        let j = r#"{"nftables":[{"metainfo":{}},{"chain":{"name":"masq_checks"}},
-            {"rule":{"handle":7,"comment":"abc, net: n"}},{"rule":{"handle":9}}]}"#;
-        assert_eq!(
-            parse_nft_rules(j).unwrap(),
-            vec![(7, "abc, net: n".into()), (9, String::new())]
-        );
     }
 }

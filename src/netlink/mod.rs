@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod consts;
 pub mod link;
+pub mod nftables;
 pub mod route;
 
 use crate::netns::Netns;

@@ -1,0 +1,583 @@
+//! nf_tables over nfnetlink, on neli's socket: the few objects the plugins need (tables,
+//! chains, rules built from meta/payload/cmp/bitwise/immediate/masq expressions, rule
+//! comments), sent as one atomic batch, and rule listing by chain.
+//!
+//! Rules are encoded exactly as `nft` encodes the same text (compare
+//! `nft --debug=netlink`), so `nft list ruleset` prints them identically and the Go
+//! plugins (which read rules back through `nft -j`) find and delete them.
+//! nf_tables integers are big-endian on the wire.
+
+use super::{attr, cstr, NlError};
+use anyhow::{anyhow, bail, Result};
+use neli::consts::nl::{NlmF, Nlmsg};
+use neli::consts::socket::NlFamily;
+use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
+use neli::rtnl::Rtattr;
+use neli::socket::synchronous::NlSocketHandle;
+use neli::types::Buffer;
+use neli::utils::Groups;
+use neli::ToBytes;
+use std::io::Cursor;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_DELRULE: u16 = 8;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_CHAIN_USERDATA: u16 = 12;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// Address families of nf_tables objects.
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Netfilter hooks.
+pub const NF_INET_PRE_ROUTING: u32 = 0;
+pub const NF_INET_POST_ROUTING: u32 = 4;
+
+/// Verdicts.
+pub const NF_DROP: i32 = 0;
+pub const NF_ACCEPT: i32 = 1;
+pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
+pub const NFT_RETURN: i32 = -5;
+
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+
+/// One expression of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    /// meta load <key> => reg 1 (15 = nfproto, 6 = iifname)
+    Meta(u32),
+    /// payload load <len>b @ <base> header + <offset> => reg 1 (base 0 = link, 1 = network)
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    /// cmp <eq|neq> reg 1 <data>
+    Cmp {
+        neq: bool,
+        data: Vec<u8>,
+    },
+    /// bitwise reg 1 = (reg 1 & mask) ^ 0
+    Mask(Vec<u8>),
+    /// immediate reg 0 <verdict> [-> chain]
+    Verdict(i32, Option<String>),
+    Masq,
+}
+
+impl Expr {
+    fn encode(&self) -> Result<Rtattr<u16, Buffer>> {
+        let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
+        let value = |d: &[u8]| -> Result<Rtattr<u16, Buffer>> {
+            nested(3, &[attr(NFTA_DATA_VALUE, Buffer::from(d.to_vec()))?])
+        };
+        let (name, data): (&str, Vec<Rtattr<u16, Buffer>>) = match self {
+            Expr::Meta(key) => ("meta", vec![attr(2, be(*key))?, attr(1, be(NFT_REG_1))?]),
+            Expr::Payload { base, offset, len } => (
+                "payload",
+                vec![
+                    attr(1, be(NFT_REG_1))?,
+                    attr(2, be(*base))?,
+                    attr(3, be(*offset))?,
+                    attr(4, be(*len))?,
+                ],
+            ),
+            Expr::Cmp { neq, data } => (
+                "cmp",
+                vec![
+                    attr(1, be(NFT_REG_1))?,
+                    attr(2, be(*neq as u32))?,
+                    value(data)?,
+                ],
+            ),
+            Expr::Mask(mask) => {
+                let zero = vec![0u8; mask.len()];
+                let m = nested(4, &[attr(NFTA_DATA_VALUE, Buffer::from(mask.clone()))?])?;
+                let x = nested(5, &[attr(NFTA_DATA_VALUE, Buffer::from(zero))?])?;
+                (
+                    "bitwise",
+                    vec![
+                        attr(1, be(NFT_REG_1))?,
+                        attr(2, be(NFT_REG_1))?,
+                        attr(3, be(mask.len() as u32))?,
+                        m,
+                        x,
+                    ],
+                )
+            }
+            Expr::Verdict(code, chain) => {
+                let mut v = vec![attr(
+                    NFTA_VERDICT_CODE,
+                    Buffer::from(code.to_be_bytes().to_vec()),
+                )?];
+                if let Some(c) = chain {
+                    v.push(attr(NFTA_VERDICT_CHAIN, c.as_str())?);
+                }
+                let d = nested(2, &[nested(NFTA_DATA_VERDICT, &v)?])?;
+                ("immediate", vec![attr(1, be(NFT_REG_VERDICT))?, d])
+            }
+            Expr::Masq => ("masq", vec![]),
+        };
+        let mut elem = vec![attr(NFTA_EXPR_NAME, name)?];
+        if !data.is_empty() {
+            elem.push(nested(NFTA_EXPR_DATA, &data)?);
+        }
+        nested(NFTA_LIST_ELEM, &elem)
+    }
+}
+
+/// `ip[6] saddr|daddr ==|!= <prefix>` the way nft compiles it: an nfproto check (once
+/// per rule: nft drops a repeated dependency), a load of the bytes the prefix covers, a
+/// mask for a partial last byte, and a compare.
+pub fn match_addr(net: &ipnet::IpNet, src: bool, neq: bool, out: &mut Vec<Expr>) {
+    let (proto, offset, bytes) = match net.addr() {
+        IpAddr::V4(a) => (NFPROTO_IPV4, if src { 12 } else { 16 }, a.octets().to_vec()),
+        IpAddr::V6(a) => (NFPROTO_IPV6, if src { 8 } else { 24 }, a.octets().to_vec()),
+    };
+    let check = [
+        Expr::Meta(15),
+        Expr::Cmp {
+            neq: false,
+            data: vec![proto],
+        },
+    ];
+    if !out.windows(2).any(|w| w == check) {
+        out.extend(check);
+    }
+    let plen = net.prefix_len() as usize;
+    if plen.is_multiple_of(8) {
+        // byte-aligned: compare just the bytes the prefix covers
+        out.push(Expr::Payload {
+            base: 1,
+            offset,
+            len: (plen / 8) as u32,
+        });
+        out.push(Expr::Cmp {
+            neq,
+            data: bytes[..plen / 8].to_vec(),
+        });
+        return;
+    }
+    // otherwise: the whole address, masked
+    let mut mask = vec![0u8; bytes.len()];
+    for (i, m) in mask.iter_mut().enumerate() {
+        let bits = plen.saturating_sub(i * 8).min(8);
+        *m = if bits == 0 { 0 } else { 0xff << (8 - bits) };
+    }
+    let data: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
+    out.push(Expr::Payload {
+        base: 1,
+        offset,
+        len: bytes.len() as u32,
+    });
+    out.push(Expr::Mask(mask));
+    out.push(Expr::Cmp { neq, data });
+}
+
+/// `iifname "<name>"`: the name NUL-padded to IFNAMSIZ, as nft compares it.
+pub fn match_iifname(name: &str, out: &mut Vec<Expr>) {
+    let mut data = name.as_bytes().to_vec();
+    data.resize(16, 0);
+    out.push(Expr::Meta(6));
+    out.push(Expr::Cmp { neq: false, data });
+}
+
+fn nested(ty: u16, children: &[Rtattr<u16, Buffer>]) -> Result<Rtattr<u16, Buffer>> {
+    super::nest(ty | NLA_F_NESTED, children)
+}
+
+/// A comment as nftables stores it: userdata TLV type 0, NUL-terminated.
+fn comment_udata(c: &str) -> Buffer {
+    let mut v = vec![0u8, (c.len() + 1) as u8];
+    v.extend_from_slice(c.as_bytes());
+    v.push(0);
+    Buffer::from(v)
+}
+
+fn udata_comment(b: &[u8]) -> String {
+    let mut rest = b;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], rest[1] as usize);
+        let Some(v) = rest.get(2..2 + len) else { break };
+        if ty == 0 {
+            return cstr(v);
+        }
+        rest = &rest[2 + len..];
+    }
+    String::new()
+}
+
+/// One message of a batch: nfgenmsg header + attributes.
+fn payload(family: u8, attrs: &[Rtattr<u16, Buffer>]) -> Result<Buffer> {
+    let mut out = vec![family, 0, 0, 0];
+    for a in attrs {
+        let mut c = Cursor::new(Vec::new());
+        a.to_bytes(&mut c)
+            .map_err(|e| anyhow!("cannot encode nf_tables attribute: {e}"))?;
+        out.extend_from_slice(c.get_ref());
+        // attributes are 4-byte aligned
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    Ok(Buffer::from(out))
+}
+
+/// A chain to declare (`add chain`): a regular chain, or a base chain with a hook.
+pub struct ChainSpec<'a> {
+    pub name: &'a str,
+    pub comment: Option<&'a str>,
+    /// (type "nat"/"filter", hook, priority, policy accept?)
+    pub base: Option<(&'a str, u32, i32)>,
+}
+
+/// A transaction: declare objects, flush chains, add and delete rules; committed as one
+/// nfnetlink batch (all or nothing).
+pub struct Batch {
+    family: u8,
+    table: String,
+    msgs: Vec<(u16, u16, Buffer)>,
+}
+
+impl Batch {
+    pub fn new(family: u8, table: &str) -> Batch {
+        Batch {
+            family,
+            table: table.to_string(),
+            msgs: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, msg: u16, flags: u16, attrs: &[Rtattr<u16, Buffer>]) -> Result<()> {
+        let p = payload(self.family, attrs)?;
+        self.msgs
+            .push(((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, p));
+        Ok(())
+    }
+
+    /// `add table` (no error if it exists).
+    pub fn add_table(&mut self, comment: Option<&str>) -> Result<()> {
+        let mut a = vec![attr(NFTA_TABLE_NAME, self.table.as_str())?];
+        if let Some(c) = comment {
+            a.push(attr(NFTA_TABLE_USERDATA, comment_udata(c))?);
+        }
+        self.push(NFT_MSG_NEWTABLE, libc::NLM_F_CREATE as u16, &a)
+    }
+
+    /// `add chain` (no error if it exists).
+    pub fn add_chain(&mut self, c: &ChainSpec) -> Result<()> {
+        let mut a = vec![
+            attr(NFTA_CHAIN_TABLE, self.table.as_str())?,
+            attr(NFTA_CHAIN_NAME, c.name)?,
+        ];
+        if let Some((ty, hook, prio)) = c.base {
+            let h = nested(
+                NFTA_CHAIN_HOOK,
+                &[
+                    attr(NFTA_HOOK_HOOKNUM, Buffer::from(hook.to_be_bytes().to_vec()))?,
+                    attr(
+                        NFTA_HOOK_PRIORITY,
+                        Buffer::from(prio.to_be_bytes().to_vec()),
+                    )?,
+                ],
+            )?;
+            a.push(h);
+            a.push(attr(
+                NFTA_CHAIN_POLICY,
+                Buffer::from((NF_ACCEPT as u32).to_be_bytes().to_vec()),
+            )?);
+            a.push(attr(NFTA_CHAIN_TYPE, ty)?);
+        }
+        if let Some(cm) = c.comment {
+            a.push(attr(NFTA_CHAIN_USERDATA, comment_udata(cm))?);
+        }
+        self.push(NFT_MSG_NEWCHAIN, libc::NLM_F_CREATE as u16, &a)
+    }
+
+    /// `flush chain`.
+    pub fn flush_chain(&mut self, chain: &str) -> Result<()> {
+        let a = [
+            attr(NFTA_RULE_TABLE, self.table.as_str())?,
+            attr(NFTA_RULE_CHAIN, chain)?,
+        ];
+        self.push(NFT_MSG_DELRULE, 0, &a)
+    }
+
+    /// `delete chain` (it must exist and be empty of rules by then).
+    pub fn delete_chain(&mut self, chain: &str) -> Result<()> {
+        let a = [
+            attr(NFTA_CHAIN_TABLE, self.table.as_str())?,
+            attr(NFTA_CHAIN_NAME, chain)?,
+        ];
+        self.push(NFT_MSG_DELCHAIN, 0, &a)
+    }
+
+    /// `add rule` (appended).
+    pub fn add_rule(&mut self, chain: &str, exprs: &[Expr], comment: Option<&str>) -> Result<()> {
+        let list = exprs.iter().map(Expr::encode).collect::<Result<Vec<_>>>()?;
+        let mut a = vec![
+            attr(NFTA_RULE_TABLE, self.table.as_str())?,
+            attr(NFTA_RULE_CHAIN, chain)?,
+            nested(NFTA_RULE_EXPRESSIONS, &list)?,
+        ];
+        if let Some(c) = comment {
+            a.push(attr(NFTA_RULE_USERDATA, comment_udata(c))?);
+        }
+        self.push(
+            NFT_MSG_NEWRULE,
+            (libc::NLM_F_CREATE | libc::NLM_F_APPEND) as u16,
+            &a,
+        )
+    }
+
+    /// `delete rule ... handle N`.
+    pub fn delete_rule(&mut self, chain: &str, handle: u64) -> Result<()> {
+        let a = [
+            attr(NFTA_RULE_TABLE, self.table.as_str())?,
+            attr(NFTA_RULE_CHAIN, chain)?,
+            attr(
+                NFTA_RULE_HANDLE,
+                Buffer::from(handle.to_be_bytes().to_vec()),
+            )?,
+        ];
+        self.push(NFT_MSG_DELRULE, 0, &a)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Send the batch in one `sendmsg` and wait for every message's ack.
+    pub fn commit(self, what: &str) -> Result<()> {
+        if self.msgs.is_empty() {
+            return Ok(());
+        }
+        let sock = socket()?;
+        let mut buf = Vec::new();
+        let mut seq = 1u32;
+        let mut frame = |ty: u16, flags: u16, p: Buffer, seq: u32| -> Result<()> {
+            let m = NlmsghdrBuilder::default()
+                .nl_type(ty)
+                .nl_flags(NlmF::from(flags) | NlmF::REQUEST)
+                .nl_seq(seq)
+                .nl_payload(NlPayload::Payload(p))
+                .build()
+                .map_err(|e| anyhow!("cannot build nfnetlink message: {e}"))?;
+            let mut c = Cursor::new(Vec::new());
+            m.to_bytes(&mut c)
+                .map_err(|e| anyhow!("cannot encode nfnetlink message: {e}"))?;
+            buf.extend_from_slice(c.get_ref());
+            Ok(())
+        };
+        let subsys = Buffer::from(vec![0, 0, 0, NFNL_SUBSYS_NFTABLES as u8]);
+        frame(NFNL_MSG_BATCH_BEGIN, 0, subsys.clone(), seq)?;
+        let n = self.msgs.len() as u32;
+        for (ty, flags, p) in self.msgs {
+            seq += 1;
+            frame(ty, flags | libc::NLM_F_ACK as u16, p, seq)?;
+        }
+        frame(NFNL_MSG_BATCH_END, 0, subsys, seq + 1)?;
+        // One sendmsg: the kernel applies a batch only if it arrives whole.
+        let sent = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+        if sent < 0 || sent as usize != buf.len() {
+            bail!(
+                "{what}: failed to send the nf_tables batch: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut acked = 0;
+        while acked < n {
+            let (iter, _) = sock
+                .recv::<u16, Buffer>()
+                .map_err(|e| anyhow!("{what}: netlink receive failed: {e}"))?;
+            for m in iter {
+                let m: Nlmsghdr<u16, Buffer> =
+                    m.map_err(|e| anyhow!("{what}: bad netlink reply: {e}"))?;
+                match m.nl_payload() {
+                    NlPayload::Ack(_) => acked += 1,
+                    NlPayload::Err(e) => {
+                        return Err(NlError {
+                            op: what.to_string(),
+                            errno: -*e.error(),
+                            ext: String::new(),
+                        }
+                        .into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn socket() -> Result<NlSocketHandle> {
+    NlSocketHandle::connect(NlFamily::Netfilter, None, Groups::empty())
+        .map_err(|e| anyhow!("failed to open an nfnetlink socket: {e}"))
+}
+
+/// The rules of `table`/`chain` as (handle, comment). A missing table or chain has no
+/// rules.
+pub fn list_rules(family: u8, table: &str, chain: &str) -> Result<Vec<(u64, String)>> {
+    let sock = socket()?;
+    let p = payload(
+        family,
+        &[attr(NFTA_RULE_TABLE, table)?, attr(NFTA_RULE_CHAIN, chain)?],
+    )?;
+    let m = NlmsghdrBuilder::default()
+        .nl_type((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE)
+        .nl_flags(NlmF::REQUEST | NlmF::DUMP)
+        .nl_seq(1)
+        .nl_payload(NlPayload::Payload(p))
+        .build()
+        .map_err(|e| anyhow!("cannot build nfnetlink message: {e}"))?;
+    sock.send(&m)
+        .map_err(|e| anyhow!("failed to list nf_tables rules: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let (iter, _) = sock
+            .recv::<u16, Buffer>()
+            .map_err(|e| anyhow!("failed to list nf_tables rules: {e}"))?;
+        for m in iter {
+            let m: Nlmsghdr<u16, Buffer> = m.map_err(|e| anyhow!("bad netlink reply: {e}"))?;
+            if *m.nl_type() == u16::from(Nlmsg::Done) {
+                return Ok(out);
+            }
+            match m.nl_payload() {
+                NlPayload::Err(e) if -*e.error() == libc::ENOENT => return Ok(vec![]),
+                NlPayload::Err(e) => {
+                    return Err(NlError {
+                        op: format!("failed to list rules of {table} {chain}"),
+                        errno: -*e.error(),
+                        ext: String::new(),
+                    }
+                    .into())
+                }
+                NlPayload::Payload(b) => {
+                    let bytes: &[u8] = b.as_ref();
+                    let mut handle = 0u64;
+                    let mut comment = String::new();
+                    for (ty, v) in super::parse_nested(bytes.get(4..).unwrap_or(&[])) {
+                        match ty {
+                            NFTA_RULE_HANDLE if v.len() == 8 => {
+                                handle = u64::from_be_bytes([
+                                    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                                ])
+                            }
+                            NFTA_RULE_USERDATA => comment = udata_comment(v),
+                            _ => {}
+                        }
+                    }
+                    out.push((handle, comment));
+                }
+                NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(out),
+                NlPayload::Ack(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_compile_like_nft() {
+        let mut v = Vec::new();
+        match_addr(&"10.0.0.0/24".parse().unwrap(), false, true, &mut v);
+        assert_eq!(
+            v,
+            vec![
+                Expr::Meta(15),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![2]
+                },
+                Expr::Payload {
+                    base: 1,
+                    offset: 16,
+                    len: 3
+                },
+                Expr::Cmp {
+                    neq: true,
+                    data: vec![10, 0, 0]
+                }
+            ]
+        );
+        let mut v = Vec::new();
+        match_addr(&"224.0.0.0/4".parse().unwrap(), false, false, &mut v);
+        assert_eq!(
+            v[2..],
+            [
+                Expr::Payload {
+                    base: 1,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::Mask(vec![0xf0, 0, 0, 0]),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![0xe0, 0, 0, 0]
+                }
+            ]
+        );
+        let mut v = Vec::new();
+        match_addr(&"fd00::2/128".parse().unwrap(), true, false, &mut v);
+        assert_eq!(
+            v[1],
+            Expr::Cmp {
+                neq: false,
+                data: vec![10]
+            }
+        );
+        assert_eq!(
+            v[2],
+            Expr::Payload {
+                base: 1,
+                offset: 8,
+                len: 16
+            }
+        );
+    }
+
+    #[test]
+    fn comments_round_trip() {
+        let b = comment_udata("abc");
+        assert_eq!(b.as_ref(), b"\x00\x04abc\x00");
+        assert_eq!(udata_comment(b.as_ref()), "abc");
+    }
+}
