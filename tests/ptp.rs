@@ -292,3 +292,59 @@ fn differential_against_the_reference() {
         }
     }
 }
+
+#[test]
+fn masquerade_chain_is_repaired_when_tampered() {
+    // ADD leaves `postrouting` alone when it holds the expected rules (re-declaring a
+    // chain costs the kernel an RCU grace period) but rewrites it when it does not.
+    let rig = Rig::new();
+    let c = conf(
+        &rig,
+        "1.0.0",
+        json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
+        json!([[{"subnet": "10.1.2.0/24"}]]),
+    );
+    rig.call("ptp", "ADD", &c).run().ok();
+    let post = |rig: &Rig| {
+        let out = rig.host.exec(&[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "cni_plugins_masquerade",
+            "postrouting",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let good = post(&rig);
+    assert!(
+        good.contains("ip daddr 224.0.0.0/4 return") && good.contains("goto masq_checks"),
+        "{good}"
+    );
+    let c2 = rig.new_netns();
+    rig.call("ptp", "ADD", &c)
+        .id("c2")
+        .netns(c2.path.to_str().unwrap())
+        .run()
+        .ok();
+    assert_eq!(post(&rig), good);
+    rig.host.exec(&[
+        "nft",
+        "flush",
+        "chain",
+        "inet",
+        "cni_plugins_masquerade",
+        "postrouting",
+    ]);
+    let c3 = rig.new_netns();
+    rig.call("ptp", "ADD", &c)
+        .id("c3")
+        .netns(c3.path.to_str().unwrap())
+        .run()
+        .ok();
+    assert_eq!(post(&rig), good, "postrouting rewritten");
+    assert_eq!(
+        nft_ruleset(&rig.host).matches("masquerade comment").count(),
+        3
+    );
+}

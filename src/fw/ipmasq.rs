@@ -93,43 +93,54 @@ pub fn nft_masq_rule(ip: &IpNet) -> Vec<Expr> {
     e
 }
 
-/// ADD's transaction: (re)declare the table and chains, rewrite `postrouting`, drop stale
-/// rules of this attachment (`stale` handles) and add one rule per IP.
+/// The rules `postrouting` must hold: multicast returns, then a jump to `masq_checks`.
+fn nft_postrouting_rules() -> Result<Vec<Vec<Expr>>> {
+    let mut rules = Vec::new();
+    for mcast in ["224.0.0.0/4", "ff00::/8"] {
+        let mut e = Vec::new();
+        let net: IpNet = mcast.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        nftables::match_addr(&net, false, false, &mut e);
+        e.push(Expr::Verdict(nftables::NFT_RETURN, None));
+        rules.push(e);
+    }
+    rules.push(vec![Expr::Verdict(
+        nftables::NFT_GOTO,
+        Some(NFT_CHAIN.to_string()),
+    )]);
+    Ok(rules)
+}
+
+/// ADD's transaction. The reference re-declares both chains and rewrites `postrouting`
+/// on every ADD; re-declaring an existing chain makes the kernel wait an RCU grace period
+/// (~10-20 ms), so that part is done only when the chains are missing or `postrouting`
+/// does not hold the expected rules (`in_place` false). Then: drop stale rules of this
+/// attachment and add one rule per IP.
 pub fn nft_setup_batch(
     ips: &[IpNet],
     net: &str,
     ifname: &str,
     cid: &str,
     stale: &[u64],
+    in_place: bool,
 ) -> Result<Batch> {
     let mut b = Batch::new(nftables::NFPROTO_INET, NFT_TABLE);
-    b.add_table(Some(TABLE_COMMENT))?;
-    b.add_chain(&ChainSpec {
-        name: NFT_CHAIN,
-        comment: Some(CHAIN_COMMENT),
-        base: None,
-    })?;
-    b.add_chain(&ChainSpec {
-        name: "postrouting",
-        comment: None,
-        base: Some(("nat", nftables::NF_INET_POST_ROUTING, SRCNAT)),
-    })?;
-    b.flush_chain("postrouting")?;
-    for mcast in ["224.0.0.0/4", "ff00::/8"] {
-        let mut e = Vec::new();
-        let net: IpNet = mcast.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        nftables::match_addr(&net, false, false, &mut e);
-        e.push(Expr::Verdict(nftables::NFT_RETURN, None));
-        b.add_rule("postrouting", &e, None)?;
+    if !in_place {
+        b.add_table(Some(TABLE_COMMENT))?;
+        b.add_chain(&ChainSpec {
+            name: NFT_CHAIN,
+            comment: Some(CHAIN_COMMENT),
+            base: None,
+        })?;
+        b.add_chain(&ChainSpec {
+            name: "postrouting",
+            comment: None,
+            base: Some(("nat", nftables::NF_INET_POST_ROUTING, SRCNAT)),
+        })?;
+        b.flush_chain("postrouting")?;
+        for rule in nft_postrouting_rules()? {
+            b.add_rule("postrouting", &rule, None)?;
+        }
     }
-    b.add_rule(
-        "postrouting",
-        &[Expr::Verdict(
-            nftables::NFT_GOTO,
-            Some(NFT_CHAIN.to_string()),
-        )],
-        None,
-    )?;
     for h in stale {
         b.delete_rule(NFT_CHAIN, *h)?;
     }
@@ -138,6 +149,21 @@ pub fn nft_setup_batch(
         b.add_rule(NFT_CHAIN, &nft_masq_rule(ip), Some(&comment))?;
     }
     Ok(b)
+}
+
+/// Does `postrouting` hold exactly the expected rules (compared by expression names)?
+fn nft_postrouting_ok() -> Result<bool> {
+    let Some(have) = nftables::dump_rules(nftables::NFPROTO_INET, NFT_TABLE, "postrouting")? else {
+        return Ok(false);
+    };
+    let want = nft_postrouting_rules()?;
+    Ok(have.len() == want.len()
+        && have.iter().zip(&want).all(|(h, w)| {
+            h.exprs
+                .iter()
+                .map(String::as_str)
+                .eq(w.iter().map(Expr::name))
+        }))
 }
 
 fn nft_rules_with_prefix(prefix: &str) -> Result<Vec<(u64, String)>> {
@@ -158,11 +184,16 @@ fn nft_delete(handles: Vec<u64>, what: &str) -> Result<()> {
 }
 
 fn nft_setup(ips: &[IpNet], net: &str, ifname: &str, cid: &str) -> Result<()> {
-    let stale: Vec<u64> = nft_rules_with_prefix(&nft_prefix(net, ifname, cid))?
-        .into_iter()
-        .map(|(h, _)| h)
+    let masq = nftables::dump_rules(nftables::NFPROTO_INET, NFT_TABLE, NFT_CHAIN)?;
+    let prefix = nft_prefix(net, ifname, cid);
+    let stale: Vec<u64> = masq
+        .iter()
+        .flatten()
+        .filter(|r| r.comment.starts_with(&prefix))
+        .map(|r| r.handle)
         .collect();
-    nft_setup_batch(ips, net, ifname, cid, &stale)?
+    let in_place = masq.is_some() && nft_postrouting_ok()?;
+    nft_setup_batch(ips, net, ifname, cid, &stale, in_place)?
         .commit("failed to set up ip masquerade (nftables)")
 }
 
@@ -439,8 +470,17 @@ mod tests {
             "10.0.0.2/24".parse().unwrap(),
             "fd00::2/64".parse().unwrap(),
         ];
-        let b = nft_setup_batch(&ips, "n", "eth0", "c", &[5]).unwrap();
-        assert!(!b.is_empty());
+        assert!(!nft_setup_batch(&ips, "n", "eth0", "c", &[5], false)
+            .unwrap()
+            .is_empty());
+        let names: Vec<&str> = nft_postrouting_rules().unwrap()[0]
+            .iter()
+            .map(Expr::name)
+            .collect();
+        assert_eq!(
+            names,
+            ["meta", "cmp", "payload", "bitwise", "cmp", "immediate"]
+        );
     }
 
     #[test]

@@ -100,44 +100,47 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// The kernel's name of the expression.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Expr::Meta(_) => "meta",
+            Expr::Payload { .. } => "payload",
+            Expr::Cmp { .. } => "cmp",
+            Expr::Mask(_) => "bitwise",
+            Expr::Verdict(..) => "immediate",
+            Expr::Masq => "masq",
+        }
+    }
+
     fn encode(&self) -> Result<Rtattr<u16, Buffer>> {
         let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
         let value = |d: &[u8]| -> Result<Rtattr<u16, Buffer>> {
             nested(3, &[attr(NFTA_DATA_VALUE, Buffer::from(d.to_vec()))?])
         };
-        let (name, data): (&str, Vec<Rtattr<u16, Buffer>>) = match self {
-            Expr::Meta(key) => ("meta", vec![attr(2, be(*key))?, attr(1, be(NFT_REG_1))?]),
-            Expr::Payload { base, offset, len } => (
-                "payload",
-                vec![
-                    attr(1, be(NFT_REG_1))?,
-                    attr(2, be(*base))?,
-                    attr(3, be(*offset))?,
-                    attr(4, be(*len))?,
-                ],
-            ),
-            Expr::Cmp { neq, data } => (
-                "cmp",
-                vec![
-                    attr(1, be(NFT_REG_1))?,
-                    attr(2, be(*neq as u32))?,
-                    value(data)?,
-                ],
-            ),
+        let data: Vec<Rtattr<u16, Buffer>> = match self {
+            Expr::Meta(key) => vec![attr(2, be(*key))?, attr(1, be(NFT_REG_1))?],
+            Expr::Payload { base, offset, len } => vec![
+                attr(1, be(NFT_REG_1))?,
+                attr(2, be(*base))?,
+                attr(3, be(*offset))?,
+                attr(4, be(*len))?,
+            ],
+            Expr::Cmp { neq, data } => vec![
+                attr(1, be(NFT_REG_1))?,
+                attr(2, be(*neq as u32))?,
+                value(data)?,
+            ],
             Expr::Mask(mask) => {
                 let zero = vec![0u8; mask.len()];
                 let m = nested(4, &[attr(NFTA_DATA_VALUE, Buffer::from(mask.clone()))?])?;
                 let x = nested(5, &[attr(NFTA_DATA_VALUE, Buffer::from(zero))?])?;
-                (
-                    "bitwise",
-                    vec![
-                        attr(1, be(NFT_REG_1))?,
-                        attr(2, be(NFT_REG_1))?,
-                        attr(3, be(mask.len() as u32))?,
-                        m,
-                        x,
-                    ],
-                )
+                vec![
+                    attr(1, be(NFT_REG_1))?,
+                    attr(2, be(NFT_REG_1))?,
+                    attr(3, be(mask.len() as u32))?,
+                    m,
+                    x,
+                ]
             }
             Expr::Verdict(code, chain) => {
                 let mut v = vec![attr(
@@ -148,11 +151,11 @@ impl Expr {
                     v.push(attr(NFTA_VERDICT_CHAIN, c.as_str())?);
                 }
                 let d = nested(2, &[nested(NFTA_DATA_VERDICT, &v)?])?;
-                ("immediate", vec![attr(1, be(NFT_REG_VERDICT))?, d])
+                vec![attr(1, be(NFT_REG_VERDICT))?, d]
             }
-            Expr::Masq => ("masq", vec![]),
+            Expr::Masq => vec![],
         };
-        let mut elem = vec![attr(NFTA_EXPR_NAME, name)?];
+        let mut elem = vec![attr(NFTA_EXPR_NAME, self.name())?];
         if !data.is_empty() {
             elem.push(nested(NFTA_EXPR_DATA, &data)?);
         }
@@ -450,9 +453,27 @@ fn socket() -> Result<NlSocketHandle> {
         .map_err(|e| anyhow!("failed to open an nfnetlink socket: {e}"))
 }
 
+/// A rule read back from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub handle: u64,
+    pub comment: String,
+    /// The expression names in order ("meta", "cmp", ...), for structural checks.
+    pub exprs: Vec<String>,
+}
+
 /// The rules of `table`/`chain` as (handle, comment). A missing table or chain has no
 /// rules.
 pub fn list_rules(family: u8, table: &str, chain: &str) -> Result<Vec<(u64, String)>> {
+    Ok(dump_rules(family, table, chain)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.handle, r.comment))
+        .collect())
+}
+
+/// The rules of `table`/`chain`, or `None` if the chain (or table) does not exist.
+pub fn dump_rules(family: u8, table: &str, chain: &str) -> Result<Option<Vec<RuleInfo>>> {
     let sock = socket()?;
     let p = payload(
         family,
@@ -475,10 +496,10 @@ pub fn list_rules(family: u8, table: &str, chain: &str) -> Result<Vec<(u64, Stri
         for m in iter {
             let m: Nlmsghdr<u16, Buffer> = m.map_err(|e| anyhow!("bad netlink reply: {e}"))?;
             if *m.nl_type() == u16::from(Nlmsg::Done) {
-                return Ok(out);
+                return Ok(Some(out));
             }
             match m.nl_payload() {
-                NlPayload::Err(e) if -*e.error() == libc::ENOENT => return Ok(vec![]),
+                NlPayload::Err(e) if -*e.error() == libc::ENOENT => return Ok(None),
                 NlPayload::Err(e) => {
                     return Err(NlError {
                         op: format!("failed to list rules of {table} {chain}"),
@@ -489,22 +510,31 @@ pub fn list_rules(family: u8, table: &str, chain: &str) -> Result<Vec<(u64, Stri
                 }
                 NlPayload::Payload(b) => {
                     let bytes: &[u8] = b.as_ref();
-                    let mut handle = 0u64;
-                    let mut comment = String::new();
+                    let mut r = RuleInfo::default();
                     for (ty, v) in super::parse_nested(bytes.get(4..).unwrap_or(&[])) {
                         match ty {
                             NFTA_RULE_HANDLE if v.len() == 8 => {
-                                handle = u64::from_be_bytes([
+                                r.handle = u64::from_be_bytes([
                                     v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
                                 ])
                             }
-                            NFTA_RULE_USERDATA => comment = udata_comment(v),
+                            NFTA_RULE_USERDATA => r.comment = udata_comment(v),
+                            NFTA_RULE_EXPRESSIONS => {
+                                for (_, elem) in super::parse_nested(v) {
+                                    let name = super::parse_nested(elem)
+                                        .into_iter()
+                                        .find(|(t, _)| *t == NFTA_EXPR_NAME);
+                                    if let Some((_, n)) = name {
+                                        r.exprs.push(cstr(n));
+                                    }
+                                }
+                            }
                             _ => {}
                         }
                     }
-                    out.push((handle, comment));
+                    out.push(r);
                 }
-                NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(out),
+                NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(Some(out)),
                 NlPayload::Ack(_) => {}
             }
         }
