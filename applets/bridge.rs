@@ -549,21 +549,22 @@ fn add_default_routes(res: &mut CniResult) {
 
 fn del(ctx: &Ctx) -> Result<()> {
     let b = parse(ctx)?;
-    let cont = l3::del_cont_iface(&ctx.netns, &ctx.ifname);
-    let ipam = if b.l3 {
-        delegate::del(ctx, ctx.conf.ipam_type())
-    } else {
-        Ok(())
-    };
     // Rules are found by name, not by the container's addresses, so they go even when
     // the netns is gone (the reference leaks them then).
-    if b.c.macspoofchk {
-        if let Err(e) = spoofcheck::teardown(&ctx.container_id, &ctx.ifname) {
-            eprintln!("bridge DEL: {e:#}");
+    let rules = || {
+        if b.c.macspoofchk {
+            if let Err(e) = spoofcheck::teardown(&ctx.container_id, &ctx.ifname) {
+                eprintln!("bridge DEL: {e:#}");
+            }
         }
-    }
-    let masq = if b.l3 && b.c.ip_masq {
-        ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+        if b.l3 && b.c.ip_masq {
+            return ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id);
+        }
+        Ok(())
+    };
+    let (cont, masq) = l3::both(|| l3::del_cont_iface(&ctx.netns, &ctx.ifname), rules);
+    let ipam = if b.l3 {
+        delegate::del(ctx, ctx.conf.ipam_type())
     } else {
         Ok(())
     };

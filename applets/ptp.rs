@@ -180,13 +180,15 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 fn del(ctx: &Ctx) -> Result<()> {
     let (c, _) = parse(ctx)?;
     let ipam = delegate::del(ctx, ctx.conf.ipam_type());
-    let cont = l3::del_cont_iface(&ctx.netns, &ctx.ifname);
     // Found by name, so removed even when the netns is gone (the reference leaks them).
-    let masq = if c.ip_masq {
-        ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
-    } else {
-        Ok(())
+    let masq = || {
+        if c.ip_masq {
+            ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+        } else {
+            Ok(())
+        }
     };
+    let (cont, masq) = l3::both(|| l3::del_cont_iface(&ctx.netns, &ctx.ifname), masq);
     l3::first_error([ipam, cont, masq])
 }
 

@@ -377,6 +377,27 @@ pub fn del_cont_iface(netns: &str, ifname: &str) -> Result<()> {
     delete_cont_link(&Nl::open_in(&ns)?, ifname).map(|_| ())
 }
 
+/// Run two independent teardown steps at once. Deleting a veth and committing an
+/// nf_tables deletion each make the kernel wait an RCU grace period (10-20 ms); run
+/// side by side the waits overlap. Neither step switches namespaces (sockets are
+/// already bound), so a second thread is safe here.
+pub fn both<A, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B)
+where
+    A: Send,
+    B: Send,
+{
+    std::thread::scope(|s| {
+        let hb = s.spawn(b);
+        let ra = a();
+        // With panic=abort a panicking thread ends the process; join cannot fail.
+        let rb = match hb.join() {
+            Ok(r) => r,
+            Err(_) => std::process::abort(),
+        };
+        (ra, rb)
+    })
+}
+
 /// Best-effort teardown: every step has already run; report the first failure.
 pub fn first_error(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
     steps.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
