@@ -81,7 +81,7 @@ scenario() {
 
 floor=$(for i in $(seq 21); do t0=$(now_ns); /bin/true; t1=$(now_ns); echo $(( (t1 - t0) / 1000 )); done | median)
 echo "cnibox bench: $N iterations per step; wall = median wall time of one plugin call (incl. IPAM),"
-echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, nft, iptables)"
+echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, iptables)"
 echo "floor: fork+exec of /bin/true from this shell takes $floor us"
 echo "cnibox: $("$CNIBOX" --version), $(stat -c %s "$(readlink -f "$CNIBOX")") bytes; Go reference: v1.9.1"
 scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
