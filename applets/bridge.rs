@@ -393,22 +393,9 @@ fn add_steps<'a>(
     let mut res = CniResult {
         cni_version: ctx.version().to_string(),
         interfaces: vec![
-            Interface {
-                name: br.name.clone(),
-                mac: br.mac.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: pair.host.name.clone(),
-                mac: pair.host.mac.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: ctx.ifname.clone(),
-                mac: pair.cont.mac.clone(),
-                sandbox: ctx.netns.clone(),
-                ..Default::default()
-            },
+            Interface::host(&br.name, &br.mac),
+            Interface::host(&pair.host.name, &pair.host.mac),
+            Interface::in_sandbox(&ctx.ifname, &pair.cont.mac, &ctx.netns),
         ],
         ..Default::default()
     };
@@ -459,11 +446,7 @@ fn add_steps<'a>(
             if b.c.vlan != 0 {
                 let vg = ensure_vlan_gateway(nl, host_ns, &br, b.c.vlan as u16, b)?;
                 gw_link = vg.name.clone();
-                res.interfaces.push(Interface {
-                    name: vg.name.clone(),
-                    mac: vg.mac.clone(),
-                    ..Default::default()
-                });
+                res.interfaces.push(Interface::host(&vg.name, &vg.mac));
             }
             for ip in res.ips.clone() {
                 let Some(gw) = ip.gateway else { continue };

@@ -42,12 +42,7 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
     }
     let mut r = CniResult {
         cni_version: ctx.version().to_string(),
-        interfaces: vec![Interface {
-            name: "lo".into(),
-            mac: "00:00:00:00:00:00".into(),
-            sandbox: ctx.netns.clone(),
-            ..Default::default()
-        }],
+        interfaces: vec![Interface::in_sandbox("lo", "00:00:00:00:00:00", &ctx.netns)],
         ..Default::default()
     };
     for v6 in [false, true] {

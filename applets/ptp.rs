@@ -77,17 +77,8 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
         let mut res = CniResult {
             cni_version: ctx.version().to_string(),
             interfaces: vec![
-                Interface {
-                    name: pair.host.name.clone(),
-                    mac: pair.host.mac.clone(),
-                    ..Default::default()
-                },
-                Interface {
-                    name: ctx.ifname.clone(),
-                    mac: pair.cont.mac.clone(),
-                    sandbox: ctx.netns.clone(),
-                    ..Default::default()
-                },
+                Interface::host(&pair.host.name, &pair.host.mac),
+                Interface::in_sandbox(&ctx.ifname, &pair.cont.mac, &ctx.netns),
             ],
             ips: ipam.ips,
             routes: ipam.routes,

@@ -791,16 +791,7 @@ fn gc_removes_stale_masquerade_and_reservations() {
         json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables"}),
         v4(),
     );
-    let mut conts = Vec::new();
-    for i in 0..3 {
-        let c = rig.new_netns();
-        rig.call("bridge", "ADD", &conf)
-            .id(&format!("gc{i}"))
-            .netns(c.path.to_str().unwrap())
-            .run()
-            .ok();
-        conts.push(c);
-    }
+    let _conts = rig.add_containers("bridge", &conf, "gc", 3);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc1", "ifname": "eth0"}]);
     rig.call("bridge", "GC", &gc).run().ok();
@@ -822,16 +813,7 @@ fn gc_with_the_iptables_backend() {
         json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables"}),
         dual(),
     );
-    let mut conts = Vec::new();
-    for i in 0..3 {
-        let c = rig.new_netns();
-        rig.call("bridge", "ADD", &conf)
-            .id(&format!("gc{i}"))
-            .netns(c.path.to_str().unwrap())
-            .run()
-            .ok();
-        conts.push(c);
-    }
+    let _conts = rig.add_containers("bridge", &conf, "gc", 3);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc2", "ifname": "eth0"}]);
     rig.call("bridge", "GC", &gc).run().ok();

@@ -72,6 +72,25 @@ pub struct Interface {
     pub pci_id: String,
 }
 
+impl Interface {
+    /// A host-side interface (no sandbox).
+    pub fn host(name: &str, mac: &str) -> Interface {
+        Interface {
+            name: name.to_string(),
+            mac: mac.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// An interface inside the container's namespace `sandbox`.
+    pub fn in_sandbox(name: &str, mac: &str, sandbox: &str) -> Interface {
+        Interface {
+            sandbox: sandbox.to_string(),
+            ..Interface::host(name, mac)
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpConfig {
     /// Index into `interfaces`; IPAM results leave it unset.

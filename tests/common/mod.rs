@@ -166,6 +166,22 @@ impl Rig {
         "ctr1".to_string()
     }
 
+    /// ADD `conf` for containers `<prefix>0..<prefix>n`, each in a new netns (returned,
+    /// so they live as long as the caller needs them).
+    pub fn add_containers(&self, plugin: &str, conf: &Value, prefix: &str, n: usize) -> Vec<Netns> {
+        (0..n)
+            .map(|i| {
+                let ns = self.new_netns();
+                self.call(plugin, "ADD", conf)
+                    .id(&format!("{prefix}{i}"))
+                    .netns(ns.path.to_str().unwrap())
+                    .run()
+                    .ok();
+                ns
+            })
+            .collect()
+    }
+
     /// A plugin call, to be adjusted and run.
     pub fn call(&self, plugin: &str, command: &str, conf: &Value) -> Call<'_> {
         Call {
