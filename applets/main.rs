@@ -26,6 +26,15 @@ static APPLETS: &[Applet] = &[
 ];
 
 fn main() {
+    // Input never panics (it is validated), but should a bug do so, the runtime still
+    // gets a CNI error object on stdout rather than a bare abort (panic = "abort").
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
+        let err = serde_json::json!({"code": 999, "msg": format!("internal error: {info}")});
+        let _ = std::io::stdout().write_all(&cnibox::cni::types::to_pretty(&err));
+        let _ = std::io::stdout().flush();
+        eprintln!("cnibox: {info}");
+    }));
     skel::register(APPLETS);
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
