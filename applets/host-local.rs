@@ -36,8 +36,15 @@ pub const APPLET: Applet = Applet {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Ipam {
-    #[serde(flatten)]
-    legacy: RangeConf,
+    // The legacy single range sits in the ipam object itself. (Not `#[serde(flatten)]`:
+    // serde decodes flattened fields as a plain map, which would bypass Go-style
+    // case-insensitive key matching.)
+    subnet: String,
+    #[serde(rename = "rangeStart")]
+    range_start: String,
+    #[serde(rename = "rangeEnd")]
+    range_end: String,
+    gateway: String,
     ranges: Vec<Vec<RangeConf>>,
     routes: Vec<Value>,
     #[serde(rename = "dataDir")]
@@ -77,7 +84,13 @@ fn range_sets(ctx: &Ctx, ipam: &Ipam) -> Result<Vec<RangeSet>> {
             .map_err(|e| anyhow!("invalid runtimeConfig.ipRanges: {e}"))?,
         None => vec![],
     };
-    build_range_sets(&runtime, Some(&ipam.legacy), &ipam.ranges, ctx.version())
+    let legacy = RangeConf {
+        subnet: ipam.subnet.clone(),
+        range_start: ipam.range_start.clone(),
+        range_end: ipam.range_end.clone(),
+        gateway: ipam.gateway.clone(),
+    };
+    build_range_sets(&runtime, Some(&legacy), &ipam.ranges, ctx.version())
 }
 
 /// "ip" or "ip/len" (the prefix is ignored, as by the reference).

@@ -947,3 +947,26 @@ fn macspoofchk_matches_the_reference() {
         );
     }
 }
+
+#[test]
+fn config_keys_match_case_insensitively() {
+    // Go's JSON decoder matches keys case-insensitively; real configs rely on it.
+    let rig = Rig::new();
+    let conf = json!({"cniVersion": "1.0.0", "Name": "brnet", "type": "bridge", "BRIDGE": "cbrx",
+        "isdefaultgateway": true, "IPMasq": true, "ipMasqBackend": "nftables",
+        "IPAM": {"Type": "host-local", "Subnet": "10.1.2.0/24", "DATADIR": rig.data_dir()}});
+    let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
+    assert_eq!(v["interfaces"][0]["name"], "cbrx");
+    assert!(
+        has_addr(&rig.host, "cbrx", "10.1.2.1/24"),
+        "isGateway implied"
+    );
+    assert!(routes(&rig.cont, false)
+        .iter()
+        .any(|r| r["dst"] == "default"));
+    assert!(nft_ruleset(&rig.host).contains("masquerade comment"));
+    assert_eq!(
+        reservations(&rig.data_dir().join("brnet")),
+        vec!["10.1.2.2"]
+    );
+}

@@ -7,6 +7,9 @@
 //! whenever serde asks for a struct (and hands us its field names), renames the
 //! object's keys to the canonical spelling first. Everything else is delegated to
 //! `serde_json::Value`'s own deserializer, so type errors read the same.
+//!
+//! Do not use `#[serde(flatten)]` in config structs: serde decodes flattened fields as a
+//! map without field names, so their keys would be matched exactly.
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
