@@ -970,3 +970,31 @@ fn config_keys_match_case_insensitively() {
         vec!["10.1.2.2"]
     );
 }
+
+#[test]
+fn default_gateway_with_an_ipam_default_route_without_gw() {
+    // Reference bug (§5.2): isDefaultGateway plus an IPAM route {"dst": "0.0.0.0/0"}
+    // without gw adds a second identical default route and ADD fails with "file exists".
+    let rig = Rig::new();
+    let mut conf = bridge_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), v4());
+    conf["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
+    let defaults: Vec<Value> = routes(&rig.cont, false)
+        .into_iter()
+        .filter(|r| r["dst"] == "default")
+        .collect();
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert_eq!(defaults[0]["gateway"], "10.1.2.1");
+    assert_eq!(v["routes"], json!([{"dst": "0.0.0.0/0"}]));
+    let go = rig
+        .call("bridge", "ADD", &conf)
+        .id("go")
+        .netns(rig.new_netns().path.to_str().unwrap())
+        .go()
+        .run();
+    assert!(
+        go.stdout.contains("file exists"),
+        "the reference still fails here: {}",
+        go.stdout
+    );
+}
