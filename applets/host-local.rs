@@ -202,3 +202,36 @@ fn gc(ctx: &Ctx) -> Result<()> {
     let valid = ctx.valid_attachments()?;
     alloc::gc(&l.store, &valid).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let p = std::env::temp_dir().join(format!("cbx-resolv-{}", std::process::id()));
+        std::fs::write(
+            &p,
+            "# comment\n; other comment\n\nnameserver 10.0.0.1\nnameserver 10.0.0.2 ignored\ndomain a.example\n\
+             domain b.example\nsearch x.example y.example\nsearch z.example\noptions ndots:5 edns0\nsortlist 1.2.3.4\n",
+        )
+        .unwrap();
+        let d = parse_resolv_conf(p.to_str().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&p);
+        assert_eq!(d.nameservers, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(d.domain, "b.example", "the last domain wins");
+        assert_eq!(d.search, ["x.example", "y.example", "z.example"]);
+        assert_eq!(d.options, ["ndots:5", "edns0"]);
+        assert!(parse_resolv_conf("/nonexistent/resolv.conf").is_err());
+    }
+
+    #[test]
+    fn requested_ip_forms() {
+        assert_eq!(
+            parse_requested("10.0.0.5/24").unwrap().to_string(),
+            "10.0.0.5"
+        );
+        assert_eq!(parse_requested("fd00::5").unwrap().to_string(), "fd00::5");
+        assert!(parse_requested("nope").is_err());
+    }
+}

@@ -48,6 +48,14 @@ fn add_check_del(ranges: Value, default_gw: bool, ver: &str) {
     assert_eq!(v["cniVersion"], ver);
     let br = link(&rig.host, "cbr0").expect("bridge exists");
     assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+    assert!(
+        !br["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "PROMISC"),
+        "promisc off by default"
+    );
     let cont = link(&rig.cont, "eth0").expect("container veth");
     assert!(cont["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     if ver >= "0.3.0" {
