@@ -464,17 +464,7 @@ fn add_steps<'a>(
 
         if b.c.ip_masq {
             let backend = ipmasq::backend(b.c.ip_masq_backend.as_deref())?;
-            let nets: Vec<IpNet> = res.ips.iter().map(|i| i.address).collect();
-            ipmasq::setup(
-                backend,
-                &nets,
-                &ctx.conf.name,
-                &ctx.ifname,
-                &ctx.container_id,
-            )?;
-            undo.push("remove ip masquerade", move || {
-                ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
-            });
+            l3::masquerade(ctx, backend, &res.ips, undo)?;
         }
     } else if !b.c.disable_cont_iface {
         cont_nl.set_up(pair.cont.index, true)?;

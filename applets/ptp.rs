@@ -139,17 +139,7 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
         }
 
         if let Some(backend) = backend {
-            let nets: Vec<IpNet> = res.ips.iter().map(|i| i.address).collect();
-            ipmasq::setup(
-                backend,
-                &nets,
-                &ctx.conf.name,
-                &ctx.ifname,
-                &ctx.container_id,
-            )?;
-            undo.push("remove ip masquerade", || {
-                ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
-            });
+            l3::masquerade(ctx, backend, &res.ips, &mut undo)?;
         }
         let host_now = nl.link_must(LinkId::Index(pair.host.index))?;
         res.interfaces[0].mac = host_now.mac;

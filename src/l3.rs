@@ -345,6 +345,29 @@ pub fn ipam_add(ctx: &crate::cni::Ctx) -> Result<CniResult> {
     Ok(r)
 }
 
+/// Masquerade traffic from the result's addresses (`ipMasq`), and register the
+/// teardown with `undo` so a later failure of the ADD removes the rules again.
+pub fn masquerade<'a>(
+    ctx: &'a crate::cni::Ctx,
+    backend: crate::fw::ipmasq::Backend,
+    ips: &[IpConfig],
+    undo: &mut Rollback<'a>,
+) -> Result<()> {
+    use crate::fw::ipmasq;
+    let nets: Vec<IpNet> = ips.iter().map(|i| i.address).collect();
+    ipmasq::setup(
+        backend,
+        &nets,
+        &ctx.conf.name,
+        &ctx.ifname,
+        &ctx.container_id,
+    )?;
+    undo.push("remove ip masquerade", move || {
+        ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+    });
+    Ok(())
+}
+
 /// The plugin-level `dns` replaces IPAM's when any of its keys is present, even as an
 /// empty list (the reference's rule).
 pub fn apply_dns_override(dns: Option<&serde_json::Value>, res: &mut CniResult) -> Result<()> {
