@@ -12,7 +12,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
 use cnibox::cni::types::{shape_of, Shape};
-use cnibox::cni::{delegate, CniResult, Interface, Route};
+use cnibox::cni::{delegate, value, CniResult, Interface, Route};
 use cnibox::error::{cni_err, Code};
 use cnibox::fw::{ipmasq, spoofcheck};
 use cnibox::l3::{self, Rollback};
@@ -112,69 +112,107 @@ struct Bridge {
     trunk: Vec<u16>,
     mtu: u32,
     l3: bool,
-    mac: Option<String>,
+    mac: Option<[u8; 6]>,
 }
 
+/// The config, validated before anything changes: every bad value is code 7 and the
+/// message names the key and the value.
 fn parse(ctx: &Ctx) -> Result<Bridge> {
     let mut c: Conf = ctx.decode()?;
     if c.bridge.is_empty() {
         c.bridge = "cni0".into();
     }
+    value::ifname("bridge", &c.bridge)?;
     if !(0..=4094).contains(&c.vlan) {
-        bail!("invalid VLAN ID {} (must be between 0 and 4094)", c.vlan);
+        return Err(value::invalid("vlan", c.vlan, "is out of range (0..4094)"));
     }
     let mut trunk = Vec::new();
+    let vid = |key: &str, v: i64| -> Result<u16> {
+        match u16::try_from(v) {
+            Ok(id) if (1..=4094).contains(&id) => Ok(id),
+            _ => Err(value::invalid(
+                &format!("vlanTrunk.{key}"),
+                v,
+                "is out of range (1..4094)",
+            )),
+        }
+    };
     for t in c.vlan_trunk.iter().flatten() {
         match (t.min_id, t.max_id) {
             (Some(min), Some(max)) => {
-                if !(1..=4094).contains(&min) {
-                    bail!("incorrect trunk minID parameter");
-                }
-                if !(1..=4094).contains(&max) {
-                    bail!("incorrect trunk maxID parameter");
-                }
+                let (min, max) = (vid("minID", min)?, vid("maxID", max)?);
                 if max < min {
-                    bail!("minID is greater than maxID in trunk parameter");
+                    return Err(value::invalid(
+                        "vlanTrunk.minID",
+                        min,
+                        format!("is greater than \"maxID\" {max}"),
+                    ));
                 }
-                trunk.extend((min..=max).map(|v| v as u16));
+                trunk.extend(min..=max);
             }
-            (None, Some(_)) => {
-                bail!("minID and maxID should be configured simultaneously, minID is missing")
+            (None, Some(max)) => {
+                return Err(value::invalid(
+                    "vlanTrunk.maxID",
+                    max,
+                    "needs \"minID\" too (minID is missing)",
+                ))
             }
-            (Some(_), None) => {
-                bail!("minID and maxID should be configured simultaneously, maxID is missing")
+            (Some(min), None) => {
+                return Err(value::invalid(
+                    "vlanTrunk.minID",
+                    min,
+                    "needs \"maxID\" too (maxID is missing)",
+                ))
             }
             (None, None) => {}
         }
         if let Some(id) = t.id {
-            if !(1..=4094).contains(&id) {
-                bail!("incorrect trunk id parameter");
-            }
-            trunk.push(id as u16);
+            trunk.push(vid("id", id)?);
         }
     }
     trunk.sort_unstable();
     trunk.dedup();
-    let mtu = u32::try_from(c.mtu).map_err(|_| anyhow!("invalid MTU {}", c.mtu))?;
+    let mtu = value::mtu(c.mtu)?;
+    value::masq_backend(c.ip_masq_backend.as_deref())?;
     if c.is_default_gw {
         c.is_gw = true;
     }
     let l3 = !ctx.conf.ipam_type().is_empty();
     if l3 && c.disable_cont_iface {
-        bail!("cannot use IPAM when DisableContainerInterface flag is set");
+        return Err(cni_err(
+            Code::InvalidConfig,
+            "\"disableContainerInterface\": true cannot be used with \"ipam\" (there is no container interface to put addresses on)",
+        ));
     }
     if c.hairpin && c.promisc {
-        bail!("cannot set hairpin mode and promiscuous mode at the same time");
+        return Err(cni_err(
+            Code::InvalidConfig,
+            "\"hairpinMode\" and \"promiscMode\" cannot both be true",
+        ));
     }
-    // MAC priority: CNI_ARGS < args.cni.mac < runtimeConfig.mac.
-    let mut mac = ctx.cni_args.get("MAC").map(str::to_string);
-    if let Some(m) = ctx.args_cni("mac").and_then(|v| v.as_str()) {
-        mac = Some(m.to_string());
+    // MAC priority: CNI_ARGS < args.cni.mac < runtimeConfig.mac. A MAC from CNI_ARGS is
+    // a bad environment (code 4), one from the config a bad config value (code 7).
+    let mut mac = None;
+    if let Some(m) = ctx.cni_args.get("MAC").filter(|m| !m.is_empty()) {
+        let bytes = cnibox::netlink::link::parse_mac(m).map_err(|_| {
+            cni_err(
+                Code::InvalidEnv,
+                format!("CNI_ARGS MAC={m:?} is not a MAC address"),
+            )
+        })?;
+        mac = Some(bytes);
     }
-    if let Some(m) = ctx.runtime_config("mac").and_then(|v| v.as_str()) {
-        mac = Some(m.to_string());
+    for (key, v) in [
+        ("args.cni.mac", ctx.args_cni("mac")),
+        ("runtimeConfig.mac", ctx.runtime_config("mac")),
+    ] {
+        match v {
+            None => {}
+            Some(serde_json::Value::String(m)) if m.is_empty() => {}
+            Some(serde_json::Value::String(m)) => mac = Some(value::mac(key, m)?),
+            Some(other) => return Err(value::invalid(key, other, "is not a MAC address string")),
+        }
     }
-    let mac = mac.filter(|m| !m.is_empty());
     Ok(Bridge {
         c,
         trunk,
@@ -184,9 +222,12 @@ fn parse(ctx: &Ctx) -> Result<Bridge> {
     })
 }
 
-/// Create the bridge or reuse it. Concurrent ADDs race to create it: EEXIST is fine.
-fn ensure_bridge(nl: &Nl, b: &Bridge) -> Result<cnibox::netlink::Link> {
+/// Create the bridge or reuse it; `true` if this call created it. Concurrent ADDs race
+/// to create it: EEXIST is fine. The link returned is read before any port of this ADD
+/// is attached, so its MAC is the bridge's own (see [`ensure_gateway_addr`]).
+fn ensure_bridge(nl: &Nl, b: &Bridge) -> Result<(cnibox::netlink::Link, bool)> {
     let name = b.c.bridge.as_str();
+    let mut created = false;
     if nl.link(LinkId::Name(name))?.is_none() {
         let mut data = Vec::new();
         if b.c.vlan != 0 || b.c.vlan_trunk.is_some() {
@@ -200,7 +241,7 @@ fn ensure_bridge(nl: &Nl, b: &Bridge) -> Result<cnibox::netlink::Link> {
             ..Default::default()
         };
         match nl.create_link(&req) {
-            Ok(()) => {}
+            Ok(()) => created = true,
             Err(e) if cnibox::netlink::is_errno(&e, libc::EEXIST) => {}
             Err(e) => return Err(e).context(format!("could not add {name:?}")),
         }
@@ -216,7 +257,24 @@ fn ensure_bridge(nl: &Nl, b: &Bridge) -> Result<cnibox::netlink::Link> {
     if !br.is_up() {
         nl.set_up(br.index, true)?;
     }
-    nl.link_must(LinkId::Index(br.index))
+    Ok((nl.link_must(LinkId::Index(br.index))?, created))
+}
+
+/// Undo of a failed ADD for a link it created on the bridge's behalf: delete `index`
+/// unless the bridge `master` has ports other than `ours` (another ADD got in between
+/// and uses it).
+fn delete_unless_shared(nl: &Nl, index: u32, master: u32, ours: &[u32]) -> Result<()> {
+    let shared = nl
+        .links()?
+        .iter()
+        .any(|l| l.master == master && l.index != index && !ours.contains(&l.index));
+    if shared {
+        return Ok(());
+    }
+    match nl.delete_link(LinkId::Index(index)) {
+        Err(e) if !cnibox::netlink::is_errno(&e, libc::ENODEV) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// VLAN membership of a host port: optional removal of existing VIDs, the access VID
@@ -248,10 +306,18 @@ fn setup_port_vlans(
 
 /// Put `gw/len` on `link`; a different IPv4 address (or an overlapping IPv6 one) is a
 /// conflict, replaced only with `forceAddress`. When the address is new, pin the link's
-/// MAC so a bridge stops following its ports' MACs. (The reference pins on every ADD;
-/// setting a MAC, even the same one, flushes the bridge's whole neighbour cache, so we
-/// do it once.)
-fn ensure_gateway_addr(nl: &Nl, link_name: &str, gw: &IpNet, force: bool) -> Result<()> {
+/// MAC to `own_mac` so a bridge stops following its ports' MACs: for a bridge that is
+/// the MAC it had before this ADD attached its port (for a new bridge, the one it was
+/// created with), as the reference does. (The reference pins on every ADD; setting a
+/// MAC, even the same one, flushes the bridge's whole neighbour cache, so we do it once.
+/// A bridge whose MAC was set explicitly keeps it: that is the MAC read before.)
+fn ensure_gateway_addr(
+    nl: &Nl,
+    link_name: &str,
+    gw: &IpNet,
+    force: bool,
+    own_mac: &str,
+) -> Result<()> {
     let link = nl.link_must(LinkId::Name(link_name))?;
     let v6 = gw.addr().is_ipv6();
     let addrs = nl.addrs(link.index, Some(v6))?;
@@ -276,22 +342,24 @@ fn ensure_gateway_addr(nl: &Nl, link_name: &str, gw: &IpNet, force: bool) -> Res
             Err(e) if cnibox::netlink::is_errno(&e, libc::EEXIST) => return Ok(()),
             Err(e) => return Err(e).context(format!("could not add IP address to {link_name:?}")),
         }
-        nl.set_mac(link.index, parse_mac(&link.mac)?)?;
+        nl.set_mac(link.index, parse_mac(own_mac)?)?;
     }
     Ok(())
 }
 
-/// The `<bridge>.<vlan>` gateway veth in the host netns, created once per VLAN.
+/// The `<bridge>.<vlan>` gateway veth in the host netns, created once per VLAN. Made
+/// transactionally: a failure after the pair exists deletes it again, so a later ADD
+/// never reuses a half-configured gateway. `true` if this call created it.
 fn ensure_vlan_gateway(
     nl: &Nl,
     host_ns: &Netns,
     br: &cnibox::netlink::Link,
     vlan: u16,
     b: &Bridge,
-) -> Result<cnibox::netlink::Link> {
+) -> Result<(cnibox::netlink::Link, u32, bool)> {
     let name = format!("{}.{vlan}", b.c.bridge);
     if let Some(l) = nl.link(LinkId::Name(&name))? {
-        return Ok(l);
+        return Ok((l, 0, false));
     }
     let peer = l3::random_veth_name();
     let req = NewLink {
@@ -306,14 +374,32 @@ fn ensure_vlan_gateway(
         }),
         ..Default::default()
     };
-    nl.create_link(&req)?;
-    let p = nl.link_must(LinkId::Name(&peer))?;
-    nl.set_master(p.index, br.index)?;
-    nl.set_up(p.index, true)?;
-    setup_port_vlans(nl, p.index, vlan, &[], b.c.preserve_default_vlan)?;
-    let gw = nl.link_must(LinkId::Name(&name))?;
-    nl.set_up(gw.index, true)?;
-    nl.link_must(LinkId::Index(gw.index))
+    match nl.create_link(&req) {
+        Ok(()) => {}
+        // Another ADD made it at the same moment: use theirs.
+        Err(e) if cnibox::netlink::is_errno(&e, libc::EEXIST) => {
+            return Ok((nl.link_must(LinkId::Name(&name))?, 0, false))
+        }
+        Err(e) => return Err(e),
+    }
+    let configure = || -> Result<(cnibox::netlink::Link, u32)> {
+        let p = nl.link_must(LinkId::Name(&peer))?;
+        nl.set_master(p.index, br.index)?;
+        nl.set_up(p.index, true)?;
+        setup_port_vlans(nl, p.index, vlan, &[], b.c.preserve_default_vlan)?;
+        let gw = nl.link_must(LinkId::Name(&name))?;
+        nl.set_up(gw.index, true)?;
+        Ok((nl.link_must(LinkId::Index(gw.index))?, p.index))
+    };
+    match configure() {
+        Ok((gw, peer_index)) => Ok((gw, peer_index, true)),
+        Err(e) => {
+            if let Err(d) = nl.delete_link(LinkId::Name(&name)) {
+                eprintln!("bridge ADD: removing the half-made {name:?}: {d:#}");
+            }
+            Err(e).context(format!("failed to create the VLAN gateway {name:?}"))
+        }
+    }
 }
 
 /// Wait for the host port to leave the bridge's learning states: checked after 0, 50,
@@ -340,79 +426,122 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
             "cannot convert: no valid IP addresses",
         ));
     }
-    let mac = b.mac.as_deref().map(parse_mac).transpose()?;
-    let host_ns = Netns::current()?;
-    let nl = Nl::open()?;
-    let cont_ns = Netns::open(&ctx.netns)?;
-    let cont_nl = Nl::open_in(&cont_ns)?;
-    let mut undo = Rollback::default();
-    match add_steps(ctx, &b, mac, &host_ns, &nl, &cont_ns, &cont_nl, &mut undo) {
-        Ok(r) => {
-            undo.commit();
-            Ok(r)
-        }
-        Err(e) => {
-            undo.run();
-            Err(e)
-        }
+    if b.l3 {
+        delegate::ensure_available(ctx, ctx.conf.ipam_type())?;
     }
+    let cont_ns = Netns::open(&ctx.netns)?;
+    let a = Attach {
+        ctx,
+        b: &b,
+        host_ns: Netns::current()?,
+        nl: Nl::open()?,
+        cont_nl: Nl::open_in(&cont_ns)?,
+        cont_ns,
+    };
+    Rollback::guard(|undo| a.steps(undo))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_steps<'a>(
+/// One ADD: the validated config and the sockets and namespaces it works with.
+struct Attach<'a> {
     ctx: &'a Ctx,
     b: &'a Bridge,
-    mac: Option<[u8; 6]>,
-    host_ns: &Netns,
-    nl: &Nl,
-    cont_ns: &Netns,
-    cont_nl: &'a Nl,
-    undo: &mut Rollback<'a>,
-) -> Result<CniResult> {
-    let br = ensure_bridge(nl, b)?;
-    let pair = l3::setup_veth(nl, cont_nl, host_ns, &ctx.ifname, None, b.mtu, mac)?;
-    undo.push("delete the container veth", move || {
-        l3::delete_cont_link(cont_nl, &ctx.ifname).map(|_| ())
-    });
+    host_ns: Netns,
+    nl: Nl,
+    cont_ns: Netns,
+    cont_nl: Nl,
+}
 
-    nl.set_master(pair.host.index, br.index).with_context(|| {
-        format!(
-            "failed to connect {:?} to bridge {:?}",
-            pair.host.name, br.name
-        )
-    })?;
-    nl.set_bridge_port(pair.host.index, b.c.hairpin, b.c.port_isolation)?;
-    setup_port_vlans(
-        nl,
-        pair.host.index,
-        b.c.vlan as u16,
-        &b.trunk,
-        b.c.preserve_default_vlan,
-    )?;
-
-    let mut res = CniResult {
-        cni_version: ctx.version().to_string(),
-        interfaces: vec![
-            Interface::host(&br.name, &br.mac),
-            Interface::host(&pair.host.name, &pair.host.mac),
-            Interface::in_sandbox(&ctx.ifname, &pair.cont.mac, &ctx.netns),
-        ],
-        ..Default::default()
-    };
-
-    if b.c.macspoofchk {
-        spoofcheck::setup(
-            &pair.host.name,
-            &pair.cont.mac,
-            &ctx.container_id,
+impl<'a> Attach<'a> {
+    fn steps(&'a self, undo: &mut Rollback<'a>) -> Result<CniResult> {
+        let (ctx, b, nl, cont_nl) = (self.ctx, self.b, &self.nl, &self.cont_nl);
+        let (br, br_created) = ensure_bridge(nl, b)?;
+        if br_created {
+            // Undo runs newest first: by then our own port is already gone.
+            let index = br.index;
+            undo.push("delete the bridge this ADD created", move || {
+                delete_unless_shared(nl, index, index, &[])
+            });
+        }
+        let pair = l3::setup_veth(
+            nl,
+            cont_nl,
+            &self.host_ns,
             &ctx.ifname,
+            None,
+            b.mtu,
+            b.mac,
+            undo,
         )?;
-        undo.push("remove the MAC spoof check", move || {
-            spoofcheck::teardown(&ctx.container_id, &ctx.ifname)
-        });
+
+        nl.set_master(pair.host.index, br.index).with_context(|| {
+            format!(
+                "failed to connect {:?} to bridge {:?}",
+                pair.host.name, br.name
+            )
+        })?;
+        nl.set_bridge_port(pair.host.index, b.c.hairpin, b.c.port_isolation)?;
+        setup_port_vlans(
+            nl,
+            pair.host.index,
+            b.c.vlan as u16,
+            &b.trunk,
+            b.c.preserve_default_vlan,
+        )?;
+
+        let mut res = CniResult {
+            cni_version: ctx.version().to_string(),
+            interfaces: vec![
+                Interface::host(&br.name, &br.mac),
+                Interface::host(&pair.host.name, &pair.host.mac),
+                Interface::in_sandbox(&ctx.ifname, &pair.cont.mac, &ctx.netns),
+            ],
+            ..Default::default()
+        };
+
+        if b.c.macspoofchk {
+            spoofcheck::setup(
+                &pair.host.name,
+                &pair.cont.mac,
+                &ctx.container_id,
+                &ctx.ifname,
+            )?;
+            undo.push("remove the MAC spoof check", move || {
+                spoofcheck::teardown(&ctx.container_id, &ctx.ifname)
+            });
+        }
+
+        if b.l3 {
+            self.add_l3(&br, pair.host.index, &mut res, undo)?;
+        } else if !b.c.disable_cont_iface {
+            cont_nl.set_up(pair.cont.index, true)?;
+        }
+
+        if !b.c.disable_cont_iface {
+            wait_oper_up(nl, pair.host.index)?;
+            // Best effort: a failed announcement must not fail the ADD.
+            if let Err(e) = l3::announce(cont_nl, pair.cont.index, &pair.cont.mac) {
+                eprintln!("bridge ADD: {e:#}");
+            }
+        }
+        // The bridge's and the host port's MACs can change while ports come and go.
+        let host_now = nl.link_must(LinkId::Index(pair.host.index))?;
+        let br_now = nl.link_must(LinkId::Index(br.index))?;
+        res.interfaces[0].mac = br_now.mac;
+        res.interfaces[1].mac = host_now.mac;
+        l3::apply_dns_override(ctx.conf.dns.as_ref(), &mut res)?;
+        Ok(res)
     }
 
-    if b.l3 {
+    /// IPAM, the container's addresses and routes, the gateway on the bridge (or the
+    /// VLAN gateway), forwarding and masquerade.
+    fn add_l3(
+        &'a self,
+        br: &cnibox::netlink::Link,
+        host_port: u32,
+        res: &mut CniResult,
+        undo: &mut Rollback<'a>,
+    ) -> Result<()> {
+        let (ctx, b, nl) = (self.ctx, self.b, &self.nl);
         let ipam = l3::ipam_add(ctx)?;
         undo.push("release the IPAM allocation", move || {
             delegate::del(ctx, ctx.conf.ipam_type())
@@ -427,11 +556,11 @@ fn add_steps<'a>(
             }
         }
         if b.c.is_default_gw {
-            add_default_routes(&mut res);
+            add_default_routes(res);
         }
         let ifname = ctx.ifname.clone();
         let dad = b.c.enable_dad;
-        cont_ns.run(|| {
+        self.cont_ns.run(|| {
             let (accept, enhanced) = if dad { ("1", Some("1")) } else { ("0", None) };
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), accept);
             if let Some(e) = enhanced {
@@ -439,19 +568,27 @@ fn add_steps<'a>(
             }
             Ok(())
         })?;
-        l3::configure_iface(cont_nl, cont_ns, &ctx.ifname, &res)?;
+        l3::configure_iface(&self.cont_nl, &self.cont_ns, &ctx.ifname, res)?;
 
         if b.c.is_gw {
-            let mut gw_link = br.name.clone();
+            let (mut gw_link, mut own_mac) = (br.name.clone(), br.mac.clone());
             if b.c.vlan != 0 {
-                let vg = ensure_vlan_gateway(nl, host_ns, &br, b.c.vlan as u16, b)?;
+                let (vg, peer, created) =
+                    ensure_vlan_gateway(nl, &self.host_ns, br, b.c.vlan as u16, b)?;
+                if created {
+                    let (gw_index, br_index) = (vg.index, br.index);
+                    undo.push("delete the VLAN gateway this ADD created", move || {
+                        delete_unless_shared(nl, gw_index, br_index, &[peer, host_port])
+                    });
+                }
                 gw_link = vg.name.clone();
+                own_mac = vg.mac.clone();
                 res.interfaces.push(Interface::host(&vg.name, &vg.mac));
             }
             for ip in res.ips.clone() {
                 let Some(gw) = ip.gateway else { continue };
                 let gw_net = IpNet::new(gw, ip.address.prefix_len()).map_err(|e| anyhow!("{e}"))?;
-                ensure_gateway_addr(nl, &gw_link, &gw_net, b.c.force_address)?;
+                ensure_gateway_addr(nl, &gw_link, &gw_net, b.c.force_address, &own_mac)?;
             }
             let gws: Vec<_> = res
                 .ips
@@ -466,24 +603,8 @@ fn add_steps<'a>(
             let backend = ipmasq::backend(b.c.ip_masq_backend.as_deref())?;
             l3::masquerade(ctx, backend, &res.ips, undo)?;
         }
-    } else if !b.c.disable_cont_iface {
-        cont_nl.set_up(pair.cont.index, true)?;
+        Ok(())
     }
-
-    if !b.c.disable_cont_iface {
-        wait_oper_up(nl, pair.host.index)?;
-        // Best effort: a failed announcement must not fail the ADD.
-        if let Err(e) = l3::announce(cont_nl, pair.cont.index, &pair.cont.mac) {
-            eprintln!("bridge ADD: {e:#}");
-        }
-    }
-    // The bridge's and the host port's MACs can change while ports come and go.
-    let host_now = nl.link_must(LinkId::Index(pair.host.index))?;
-    let br_now = nl.link_must(LinkId::Index(br.index))?;
-    res.interfaces[0].mac = br_now.mac;
-    res.interfaces[1].mac = host_now.mac;
-    l3::apply_dns_override(ctx.conf.dns.as_ref(), &mut res)?;
-    Ok(res)
 }
 
 /// `isDefaultGateway`: a default route per family through that family's gateway, unless
@@ -520,38 +641,45 @@ fn add_default_routes(res: &mut CniResult) {
     }
 }
 
+/// DEL never fails because ADD would reject the config (a runtime retries a failed DEL
+/// forever): it reads only the keys it needs, and when even those cannot be read it
+/// removes everything this plugin may have made for the attachment.
 fn del(ctx: &Ctx) -> Result<()> {
-    let b = parse(ctx)?;
+    let (spoofchk, masq) = match ctx.decode::<Conf>() {
+        Ok(c) => (c.macspoofchk, c.ip_masq),
+        Err(_) => (true, true),
+    };
+    let l3 = !ctx.conf.ipam_type().is_empty();
     // Rules are found by name, not by the container's addresses, so they go even when
     // the netns is gone (the reference leaks them then).
     let rules = || {
-        if b.c.macspoofchk {
-            if let Err(e) = spoofcheck::teardown(&ctx.container_id, &ctx.ifname) {
-                eprintln!("bridge DEL: {e:#}");
-            }
-        }
-        if b.l3 && b.c.ip_masq {
-            return ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id);
-        }
-        Ok(())
+        let spoof = if spoofchk {
+            spoofcheck::teardown(&ctx.container_id, &ctx.ifname)
+        } else {
+            Ok(())
+        };
+        let masq = if l3 && masq {
+            ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
+        } else {
+            Ok(())
+        };
+        l3::all_errors([spoof, masq])
     };
-    let (cont, masq) = l3::both(|| l3::del_cont_iface(&ctx.netns, &ctx.ifname), rules);
-    let ipam = if b.l3 {
+    let (cont, rules) = l3::both(|| l3::del_cont_iface(&ctx.netns, &ctx.ifname), rules);
+    let ipam = if l3 {
         delegate::del(ctx, ctx.conf.ipam_type())
     } else {
         Ok(())
     };
-    l3::first_error([cont, ipam, masq])
+    l3::all_errors([cont, ipam, rules])
 }
 
 fn check(ctx: &Ctx) -> Result<()> {
     let b = parse(ctx)?;
+    let prev = ctx.prev_result_required()?;
     if b.l3 {
         delegate::check(ctx, ctx.conf.ipam_type())?;
     }
-    let prev = ctx
-        .prev_result()?
-        .ok_or_else(|| anyhow!("Required prevResult missing"))?;
     let nl = Nl::open()?;
     let cont_ns = Netns::open(&ctx.netns)?;
     let cont_nl = Nl::open_in(&cont_ns)?;
@@ -630,19 +758,15 @@ fn status(ctx: &Ctx) -> Result<()> {
 fn gc(ctx: &Ctx) -> Result<()> {
     let b = parse(ctx)?;
     let valid = ctx.valid_attachments()?;
-    let mut errs = Vec::new();
-    if b.c.ip_masq {
-        if let Err(e) = ipmasq::gc(&ctx.conf.name, &valid) {
-            errs.push(format!("{e:#}"));
-        }
-    }
-    if b.l3 {
-        if let Err(e) = delegate::gc(ctx, ctx.conf.ipam_type()) {
-            errs.push(format!("{e:#}"));
-        }
-    }
-    if !errs.is_empty() {
-        bail!("{}", errs.join("; "));
-    }
-    Ok(())
+    let masq = if b.c.ip_masq {
+        ipmasq::gc(&ctx.conf.name, &valid)
+    } else {
+        Ok(())
+    };
+    let ipam = if b.l3 {
+        delegate::gc(ctx, ctx.conf.ipam_type())
+    } else {
+        Ok(())
+    };
+    l3::all_errors([masq, ipam])
 }

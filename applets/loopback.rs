@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
 use cnibox::cni::{CniResult, Interface, IpConfig};
 use cnibox::netlink::{LinkId, Nl};
-use cnibox::netns::{self, Netns};
+use cnibox::netns::Netns;
 
 pub const APPLET: Applet = Applet {
     name: "loopback",
@@ -58,13 +58,8 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 }
 
 fn del(ctx: &Ctx) -> Result<()> {
-    if ctx.netns.is_empty() {
+    let Some(ns) = Netns::open_if_present(&ctx.netns)? else {
         return Ok(());
-    }
-    let ns = match Netns::open(&ctx.netns) {
-        Ok(ns) => ns,
-        Err(e) if netns::is_gone(&e) => return Ok(()),
-        Err(e) => return Err(e),
     };
     let nl = Nl::open_in(&ns)?;
     if let Some(lo) = nl.link(LinkId::Name("lo"))? {

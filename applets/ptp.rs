@@ -8,7 +8,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
-use cnibox::cni::{delegate, CniResult, Interface};
+use cnibox::cni::{delegate, value, CniResult, Interface};
+use cnibox::error::{cni_err, Code};
 use cnibox::fw::ipmasq;
 use cnibox::l3::{self, Rollback};
 use cnibox::netlink::route::{RT_SCOPE_HOST, RT_SCOPE_LINK};
@@ -41,9 +42,17 @@ struct Conf {
     mtu: i64,
 }
 
+/// The config, validated before anything changes: every bad value is code 7 naming it.
 fn parse(ctx: &Ctx) -> Result<(Conf, u32)> {
     let c: Conf = ctx.decode()?;
-    let mtu = u32::try_from(c.mtu).map_err(|_| anyhow!("invalid MTU {}", c.mtu))?;
+    let mtu = value::mtu(c.mtu)?;
+    value::masq_backend(c.ip_masq_backend.as_deref())?;
+    if ctx.conf.ipam_type().is_empty() {
+        return Err(cni_err(
+            Code::InvalidConfig,
+            "\"ipam\" is missing: ptp needs an IPAM plugin for the container's addresses",
+        ));
+    }
     Ok((c, mtu))
 }
 
@@ -58,22 +67,19 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
     } else {
         None
     };
+    delegate::ensure_available(ctx, ctx.conf.ipam_type())?;
     let host_ns = Netns::current()?;
     let cont_ns = Netns::open(&ctx.netns)?;
     let nl = Nl::open()?;
     let cont_nl = Nl::open_in(&cont_ns)?;
-    let mut undo = Rollback::default();
-    let r = (|| -> Result<CniResult> {
+    Rollback::guard(|undo| {
         let ipam = l3::ipam_add(ctx)?;
         undo.push("release the IPAM allocation", || {
             delegate::del(ctx, ctx.conf.ipam_type())
         });
         l3::enable_forwarding(&ipam.ips)?;
 
-        let pair = l3::setup_veth(&nl, &cont_nl, &host_ns, &ctx.ifname, None, mtu, None)?;
-        undo.push("delete the container veth", || {
-            l3::delete_cont_link(&cont_nl, &ctx.ifname).map(|_| ())
-        });
+        let pair = l3::setup_veth(&nl, &cont_nl, &host_ns, &ctx.ifname, None, mtu, None, undo)?;
         let mut res = CniResult {
             cni_version: ctx.version().to_string(),
             interfaces: vec![
@@ -139,47 +145,42 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
         }
 
         if let Some(backend) = backend {
-            l3::masquerade(ctx, backend, &res.ips, &mut undo)?;
+            l3::masquerade(ctx, backend, &res.ips, undo)?;
         }
         let host_now = nl.link_must(LinkId::Index(pair.host.index))?;
         res.interfaces[0].mac = host_now.mac;
         l3::apply_dns_override(ctx.conf.dns.as_ref(), &mut res)?;
         Ok(res)
-    })();
-    match r {
-        Ok(res) => {
-            undo.commit();
-            Ok(res)
-        }
-        Err(e) => {
-            undo.run();
-            Err(e)
-        }
-    }
+    })
 }
 
+/// DEL never fails because ADD would reject the config (a runtime retries a failed DEL
+/// forever): only the keys it needs are read, and an unreadable config means "clean up
+/// everything that may exist".
 fn del(ctx: &Ctx) -> Result<()> {
-    let (c, _) = parse(ctx)?;
-    let ipam = delegate::del(ctx, ctx.conf.ipam_type());
+    let masq_on = ctx.decode::<Conf>().map(|c| c.ip_masq).unwrap_or(true);
+    let ipam = if ctx.conf.ipam_type().is_empty() {
+        Ok(())
+    } else {
+        delegate::del(ctx, ctx.conf.ipam_type())
+    };
     // Found by name, so removed even when the netns is gone (the reference leaks them).
     let masq = || {
-        if c.ip_masq {
+        if masq_on {
             ipmasq::teardown(&ctx.conf.name, &ctx.ifname, &ctx.container_id)
         } else {
             Ok(())
         }
     };
     let (cont, masq) = l3::both(|| l3::del_cont_iface(&ctx.netns, &ctx.ifname), masq);
-    l3::first_error([ipam, cont, masq])
+    l3::all_errors([ipam, cont, masq])
 }
 
 fn check(ctx: &Ctx) -> Result<()> {
     parse(ctx)?;
+    let prev = ctx.prev_result_required()?;
     let cont_ns = Netns::open(&ctx.netns)?;
     delegate::check(ctx, ctx.conf.ipam_type())?;
-    let prev = ctx
-        .prev_result()?
-        .ok_or_else(|| anyhow!("Required prevResult missing"))?;
     let cont_nl = Nl::open_in(&cont_ns)?;
     let iface = l3::find_container_iface(&prev, &ctx.ifname, &ctx.netns)?;
     l3::validate_cont_veth(&cont_nl, iface)?;
@@ -196,8 +197,11 @@ fn status(ctx: &Ctx) -> Result<()> {
 fn gc(ctx: &Ctx) -> Result<()> {
     let (c, _) = parse(ctx)?;
     let valid = ctx.valid_attachments()?;
-    if c.ip_masq {
-        ipmasq::gc(&ctx.conf.name, &valid)?;
-    }
-    delegate::gc(ctx, ctx.conf.ipam_type())
+    let masq = if c.ip_masq {
+        ipmasq::gc(&ctx.conf.name, &valid)
+    } else {
+        Ok(())
+    };
+    let ipam = delegate::gc(ctx, ctx.conf.ipam_type());
+    l3::all_errors([masq, ipam])
 }

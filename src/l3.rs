@@ -40,14 +40,19 @@ pub struct VethPair {
 /// so it never clashes with a host link of the same name) and whose host end lands in
 /// the host netns under `host_name` or a random `veth*` name. Both ends get `mtu`;
 /// the container end gets `mac` if given. The host end is set up, with accept_ra off.
-pub fn setup_veth(
+///
+/// The pair's deletion is registered with `undo` the moment it exists, so any later
+/// failure of the ADD (even a lookup right after the creation) removes it again.
+#[allow(clippy::too_many_arguments)]
+pub fn setup_veth<'a>(
     host_nl: &Nl,
-    cont_nl: &Nl,
+    cont_nl: &'a Nl,
     host_ns: &Netns,
-    ifname: &str,
+    ifname: &'a str,
     host_name: Option<&str>,
     mtu: u32,
     mac: Option<[u8; 6]>,
+    undo: &mut Rollback<'a>,
 ) -> Result<VethPair> {
     if cont_nl.link(LinkId::Name(ifname))?.is_some() {
         bail!("container veth name {ifname:?} already exists");
@@ -71,7 +76,12 @@ pub fn setup_veth(
             ..Default::default()
         };
         match cont_nl.create_link(&req) {
-            Ok(()) => break name,
+            Ok(()) => {
+                undo.push("delete the container veth", move || {
+                    delete_cont_link(cont_nl, ifname).map(|_| ())
+                });
+                break name;
+            }
             Err(e)
                 if crate::netlink::is_errno(&e, libc::EEXIST)
                     && host_name.is_none()
@@ -205,7 +215,13 @@ fn wait_dad(nl: &Nl, link: &Link) -> Result<()> {
         if Instant::now() >= deadline {
             let now = nl.link_must(LinkId::Index(link.index))?;
             if now.operstate == 6 {
-                bail!("IPv6 addresses of {:?} still tentative after 5s", link.name);
+                return Err(crate::error::cni_err(
+                    crate::error::Code::TryAgainLater,
+                    format!(
+                        "timed out after 5s waiting for IPv6 duplicate address detection on {:?}",
+                        link.name
+                    ),
+                ));
             }
             return Ok(());
         }
@@ -257,6 +273,22 @@ impl<'a> Rollback<'a> {
 
     /// Forget the steps: ADD succeeded.
     pub fn commit(self) {}
+
+    /// Run `steps` as one transaction: every undo step they register runs (newest
+    /// first) if they fail, and none runs if they succeed.
+    pub fn guard<T>(steps: impl FnOnce(&mut Rollback<'a>) -> Result<T>) -> Result<T> {
+        let mut undo = Rollback::default();
+        match steps(&mut undo) {
+            Ok(v) => {
+                undo.commit();
+                Ok(v)
+            }
+            Err(e) => {
+                undo.run();
+                Err(e)
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -389,13 +421,8 @@ pub fn apply_dns_override(dns: Option<&serde_json::Value>, res: &mut CniResult) 
 /// DEL's interface step for the veth-based plugins: delete `ifname` in `netns`. An
 /// empty netns, a vanished netns and a missing link all count as done.
 pub fn del_cont_iface(netns: &str, ifname: &str) -> Result<()> {
-    if netns.is_empty() {
+    let Some(ns) = Netns::open_if_present(netns)? else {
         return Ok(());
-    }
-    let ns = match Netns::open(netns) {
-        Ok(ns) => ns,
-        Err(e) if crate::netns::is_gone(&e) => return Ok(()),
-        Err(e) => return Err(e),
     };
     delete_cont_link(&Nl::open_in(&ns)?, ifname).map(|_| ())
 }
@@ -421,9 +448,34 @@ where
     })
 }
 
-/// Best-effort teardown: every step has already run; report the first failure.
-pub fn first_error(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
-    steps.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+/// Best-effort teardown: every step has already run; report every failure, not just
+/// the first, so an operator sees all that is left. One failure keeps its own error
+/// (and code); several are joined under the code of the first that has one.
+pub fn all_errors(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    let mut errs: Vec<anyhow::Error> = steps.into_iter().filter_map(|r| r.err()).collect();
+    match errs.len() {
+        0 => Ok(()),
+        1 => Err(errs.remove(0)),
+        _ => {
+            use crate::error::{CniError, Code};
+            let coded: Vec<CniError> = errs.iter().map(CniError::from_anyhow).collect();
+            let code = coded
+                .iter()
+                .map(|c| c.code)
+                .find(|&c| c != Code::Internal as u32)
+                .unwrap_or(Code::Internal as u32);
+            let msg = coded
+                .iter()
+                .map(|c| c.msg.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(anyhow::Error::new(CniError {
+                code,
+                msg,
+                ..CniError::new(Code::Internal, "")
+            }))
+        }
+    }
 }
 
 /// The global unicast addresses of `ifname` in the container, then delete it. A link

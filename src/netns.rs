@@ -26,6 +26,8 @@ pub fn is_gone(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+            || e.downcast_ref::<crate::error::CniError>()
+                .is_some_and(|c| c.code == Code::UnknownContainer as u32)
     })
 }
 
@@ -33,20 +35,57 @@ impl Netns {
     /// Open `path` and check that it really is a network namespace file (nsfs, or a
     /// /proc/<pid>/ns/net link), like the reference's `IsNSorErr`.
     pub fn open(path: &str) -> Result<Netns> {
-        let file = File::open(path).with_context(|| format!("failed to open netns {path:?}"))?;
+        // A path that does not exist means the container (its sandbox) is gone or was
+        // never there: code 3. Anything else wrong with CNI_NETNS is a bad environment
+        // variable: code 4.
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(cni_err(
+                    Code::UnknownContainer,
+                    format!("CNI_NETNS {path:?} does not exist"),
+                ))
+            }
+            Err(e) => {
+                return Err(cni_err(
+                    Code::InvalidEnv,
+                    format!("CNI_NETNS {path:?} cannot be opened: {e}"),
+                ))
+            }
+        };
         let st = nix::sys::statfs::fstatfs(&file)
             .with_context(|| format!("failed to statfs netns {path:?}"))?;
         let magic = st.filesystem_type().0 as i64;
         if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
             return Err(cni_err(
-                Code::InvalidConfig,
-                format!("{path:?} is not a network namespace (fs magic {magic:#x})"),
+                Code::InvalidEnv,
+                format!("CNI_NETNS {path:?} is not a network namespace (fs magic {magic:#x})"),
             ));
         }
         Ok(Netns {
             path: path.to_string(),
             file,
         })
+    }
+
+    /// For DEL: the namespace, or `None` when there is nothing left to clean inside it
+    /// (the path is gone, or is only the empty file left behind by an unmounted netns).
+    pub fn open_if_present(path: &str) -> Result<Option<Netns>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        match Netns::open(path) {
+            Ok(ns) => Ok(Some(ns)),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => {
+                let not_ns = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+                if not_ns {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// The namespace of the calling thread.

@@ -357,28 +357,73 @@ fn promisc_hairpin_isolation() {
         v4(),
     );
     let out = rig.call("bridge", "ADD", &conf).id("c3").run();
-    assert!(out
-        .stdout
-        .contains("cannot set hairpin mode and promiscuous mode at the same time"));
+    assert_eq!(out.err_code(), 7);
+    assert!(out.json.as_ref().unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("\"hairpinMode\" and \"promiscMode\" cannot both be true"));
 }
 
+/// The bridge keeps its own MAC (issue 24): after the first ADD it is not the host
+/// veth's (the kernel would otherwise adopt the lowest port MAC), and ports coming and
+/// going never move it. Go v1.9.1 shows the same relation.
 #[test]
 fn stable_bridge_mac() {
+    for go in [false, true] {
+        let rig = Rig::new();
+        let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+        let call = |cmd: &str, conf: &Value, id: &str, ns: &str| {
+            let c = rig.call("bridge", cmd, conf).id(id).netns(ns);
+            if go {
+                c.go().run()
+            } else {
+                c.run()
+            }
+        };
+        let c1 = rig.cont.path.to_str().unwrap().to_string();
+        let v = call("ADD", &conf, "c1", &c1).ok().clone();
+        let br_mac = link(&rig.host, "cbr0").unwrap()["address"].clone();
+        let veth = v["interfaces"][1]["name"].as_str().unwrap().to_string();
+        let veth_mac = link(&rig.host, &veth).unwrap()["address"].clone();
+        assert_ne!(br_mac, veth_mac, "go={go}: the bridge took its port's MAC");
+        assert_eq!(v["interfaces"][0]["mac"], br_mac, "go={go}");
+
+        call("DEL", &with_prev(&conf, &v), "c1", &c1).ok();
+        let c2 = rig.add_cont();
+        let v2 = call("ADD", &conf, "c2", c2.path.to_str().unwrap())
+            .ok()
+            .clone();
+        assert_eq!(
+            link(&rig.host, "cbr0").unwrap()["address"],
+            br_mac,
+            "go={go}: the bridge MAC moved"
+        );
+        assert_eq!(v2["interfaces"][0]["mac"], br_mac, "go={go}");
+        let veth2 = v2["interfaces"][1]["name"].as_str().unwrap().to_string();
+        assert_ne!(link(&rig.host, &veth2).unwrap()["address"], br_mac);
+    }
+}
+
+/// A bridge whose MAC was set explicitly before any ADD keeps exactly that MAC.
+#[test]
+fn explicit_bridge_mac_is_left_alone() {
     let rig = Rig::new();
+    rig.host.ip(&[
+        "link",
+        "add",
+        "cbr0",
+        "address",
+        "02:00:00:00:be:ef",
+        "type",
+        "bridge",
+    ]);
     let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
-    let mac = link(&rig.host, "cbr0").unwrap()["address"].clone();
-    let c2 = rig.add_cont();
-    let v2 = rig
-        .call("bridge", "ADD", &conf)
-        .id("c2")
-        .netns(c2.path.to_str().unwrap())
-        .run()
-        .ok()
-        .clone();
-    rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
-    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], mac);
-    assert_eq!(v2["interfaces"][0]["mac"], mac);
+    assert_eq!(
+        link(&rig.host, "cbr0").unwrap()["address"],
+        "02:00:00:00:be:ef"
+    );
+    assert_eq!(v["interfaces"][0]["mac"], "02:00:00:00:be:ef");
 }
 
 #[test]
@@ -556,9 +601,11 @@ fn disable_container_interface() {
         v4(),
     );
     let out = rig.call("bridge", "ADD", &conf).run();
-    assert!(out
-        .stdout
-        .contains("cannot use IPAM when DisableContainerInterface flag is set"));
+    assert_eq!(out.err_code(), 7);
+    assert!(out.json.as_ref().unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("\"disableContainerInterface\": true cannot be used with \"ipam\""));
     let conf = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cbr0", "disableContainerInterface": true});
     rig.call("bridge", "ADD", &conf).run().ok();
     let cont = link(&rig.cont, "eth0").unwrap();
@@ -571,48 +618,60 @@ fn config_validation() {
     let cases = [
         (
             json!({"vlan": -1}),
-            "invalid VLAN ID -1 (must be between 0 and 4094)",
+            7,
+            "\"vlan\": -1 is out of range (0..4094)",
         ),
         (
             json!({"vlan": 5000}),
-            "invalid VLAN ID 5000 (must be between 0 and 4094)",
+            7,
+            "\"vlan\": 5000 is out of range (0..4094)",
         ),
         (
             json!({"vlanTrunk": [{"maxID": 10}]}),
-            "minID and maxID should be configured simultaneously, minID is missing",
+            7,
+            "\"vlanTrunk.maxID\": 10 needs \"minID\" too (minID is missing)",
         ),
         (
             json!({"vlanTrunk": [{"minID": 10}]}),
-            "minID and maxID should be configured simultaneously, maxID is missing",
+            7,
+            "\"vlanTrunk.minID\": 10 needs \"maxID\" too (maxID is missing)",
         ),
         (
             json!({"vlanTrunk": [{"minID": -1, "maxID": 10}]}),
-            "incorrect trunk minID parameter",
+            7,
+            "\"vlanTrunk.minID\": -1 is out of range (1..4094)",
         ),
         (
             json!({"vlanTrunk": [{"minID": 1, "maxID": 5000}]}),
-            "incorrect trunk maxID parameter",
+            7,
+            "\"vlanTrunk.maxID\": 5000 is out of range (1..4094)",
         ),
         (
             json!({"vlanTrunk": [{"minID": 20, "maxID": 10}]}),
-            "minID is greater than maxID in trunk parameter",
+            7,
+            "\"vlanTrunk.minID\": 20 is greater than \"maxID\" 10",
         ),
         (
             json!({"vlanTrunk": [{"id": 0}]}),
-            "incorrect trunk id parameter",
+            7,
+            "\"vlanTrunk.id\": 0 is out of range (1..4094)",
         ),
-        (json!({"mtu": "1500"}), "failed to load netconf"),
+        (json!({"mtu": "1500"}), 6, "failed to load netconf"),
         (
             json!({"ipMasq": true, "ipMasqBackend": "pf"}),
-            "unknown ipmasq backend",
+            7,
+            "\"ipMasqBackend\": \"pf\" is not a backend",
         ),
     ];
-    for (extra, msg) in cases {
+    for (extra, code, msg) in cases {
         let conf = bridge_conf(&rig, "1.0.0", extra.clone(), v4());
         let out = rig.call("bridge", "ADD", &conf).run();
-        assert_eq!(out.code, 1, "{extra}");
+        assert_eq!(out.err_code(), code, "{extra}: {}", out.stdout);
         assert!(
-            out.stdout.contains(msg),
+            out.json.as_ref().unwrap()["msg"]
+                .as_str()
+                .unwrap()
+                .contains(msg),
             "{extra}: want {msg:?} in {}",
             out.stdout
         );

@@ -160,7 +160,7 @@ fn malformed_inputs_through_the_binary() {
         (br#"{"cniVersion":"1.0.0"}"#.to_vec(), "DEL", 7),
         (br#"{"cniVersion":"7.0.0","name":"n"}"#.to_vec(), "ADD", 1),
         (br#"{"cniVersion":"0.3.1","name":"n"}"#.to_vec(), "CHECK", 1),
-        (vec![b' '; 5 << 20], "ADD", 5),
+        (vec![b' '; 5 << 20], "ADD", 6),
     ];
     for (stdin, cmd, code) in cases {
         let out = rig.call("loopback", cmd, &json!({})).stdin(stdin).run();

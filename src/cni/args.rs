@@ -2,7 +2,15 @@
 //! must split into exactly two parts, keys are case-sensitive, and unknown keys are an
 //! error unless `IgnoreUnknown` is true. Each applet names the keys it understands.
 
-use anyhow::{anyhow, bail, Result};
+use crate::error::{cni_err, Code};
+use anyhow::Result;
+
+/// A malformed `CNI_ARGS` is a bad environment variable: code 4.
+macro_rules! env_bail {
+    ($($fmt:tt)+) => {
+        return Err(cni_err(Code::InvalidEnv, format!($($fmt)+)))
+    };
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CniArgs {
@@ -21,15 +29,18 @@ impl CniArgs {
         for seg in raw.split(';') {
             let kv: Vec<&str> = seg.split('=').collect();
             if kv.len() != 2 {
-                bail!("ARGS: invalid pair {seg:?}");
+                env_bail!("CNI_ARGS: invalid pair {seg:?} (expected KEY=VALUE)");
             }
             let (k, v) = (kv[0], kv[1]);
+            if k.is_empty() {
+                env_bail!("CNI_ARGS: empty key in {seg:?}");
+            }
             if k == "IgnoreUnknown" {
                 ignore_unknown = match v.to_ascii_lowercase().as_str() {
                     "1" | "true" => true,
                     "0" | "false" => false,
                     _ => {
-                        bail!("ARGS: error setting IgnoreUnknown to {v:?}: must be true/false/1/0")
+                        env_bail!("CNI_ARGS: IgnoreUnknown={v:?} must be true/false/1/0")
                     }
                 };
                 continue;
@@ -41,7 +52,7 @@ impl CniArgs {
             }
         }
         if !unknown.is_empty() && !ignore_unknown {
-            return Err(anyhow!("ARGS: unknown args {unknown:?}"));
+            env_bail!("CNI_ARGS: unknown args {unknown:?} (add IgnoreUnknown=1 to ignore them)");
         }
         Ok(CniArgs { pairs })
     }
@@ -82,7 +93,10 @@ mod tests {
     #[test]
     fn unknown_keys() {
         let e = CniArgs::parse("FOO=1", &["IP"]).unwrap_err().to_string();
-        assert_eq!(e, r#"ARGS: unknown args ["FOO=1"]"#);
+        assert_eq!(
+            e,
+            r#"CNI_ARGS: unknown args ["FOO=1"] (add IgnoreUnknown=1 to ignore them)"#
+        );
         assert!(CniArgs::parse("FOO=1;IgnoreUnknown=1", &["IP"]).is_ok());
         assert!(CniArgs::parse("IgnoreUnknown=TRUE;FOO=1", &["IP"]).is_ok());
         assert!(CniArgs::parse("IgnoreUnknown=0;FOO=1", &["IP"]).is_err());
@@ -94,8 +108,19 @@ mod tests {
     #[test]
     fn malformed_pairs() {
         for bad in ["A=B=C", "A=1;;B=2", "A=1;", "A", ";"] {
-            let e = CniArgs::parse(bad, &["A", "B"]).unwrap_err().to_string();
-            assert!(e.starts_with("ARGS: invalid pair"), "{bad}: {e}");
+            let e = CniArgs::parse(bad, &["A", "B"]).unwrap_err();
+            let c = crate::error::CniError::from_anyhow(&e);
+            assert!(
+                c.msg.starts_with("CNI_ARGS: invalid pair"),
+                "{bad}: {}",
+                c.msg
+            );
+            assert_eq!(c.code, 4, "{bad}");
+        }
+        // An empty key is refused even when unknown keys are ignored.
+        for bad in ["=1", "IgnoreUnknown=1;=1"] {
+            let e = CniArgs::parse(bad, &["A"]).unwrap_err();
+            assert_eq!(crate::error::CniError::from_anyhow(&e).code, 4, "{bad}");
         }
     }
 

@@ -9,23 +9,35 @@
 
 use crate::cni::skel::{self, Command, Ctx, Env, Kind};
 use crate::cni::types::CniResult;
-use crate::error::{CniError, Code};
-use anyhow::{anyhow, bail, Context, Result};
-use std::io::Write;
-use std::path::PathBuf;
+use crate::cni::value;
+use crate::error::{cni_err, CniError, Code};
+use anyhow::{anyhow, Context, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 /// Where `name` lives in `CNI_PATH`: the first regular file (symlinks followed).
+/// A name with a path in it, or one found nowhere, is a config error (code 7: the
+/// config names a plugin this node does not have); no `CNI_PATH` at all is a bad
+/// environment (code 4).
 pub fn find_in_path(name: &str, cni_path: &str) -> Result<PathBuf> {
     if name.is_empty() {
-        bail!("no plugin name provided");
+        return Err(cni_err(Code::InvalidConfig, "no plugin name provided"));
     }
     if name.contains('/') {
-        bail!("invalid plugin name: {name}");
+        return Err(value::invalid(
+            "type",
+            format!("{name:?}"),
+            "is not a plugin name (it must not contain '/')",
+        ));
     }
     let dirs: Vec<&str> = cni_path.split(':').filter(|d| !d.is_empty()).collect();
     if dirs.is_empty() {
-        bail!("CNI_PATH is not set: cannot find plugin {name:?}");
+        return Err(cni_err(
+            Code::InvalidEnv,
+            format!("CNI_PATH is not set: cannot find plugin {name:?}"),
+        ));
     }
     for d in &dirs {
         let p = PathBuf::from(d).join(name);
@@ -33,7 +45,32 @@ pub fn find_in_path(name: &str, cni_path: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("failed to find plugin {name:?} in path {dirs:?}")
+    Err(cni_err(
+        Code::InvalidConfig,
+        format!("failed to find plugin {name:?} in path {dirs:?}"),
+    ))
+}
+
+/// Before an ADD changes anything: the IPAM plugin the config names must exist, so a
+/// typo in `ipam.type` fails with nothing created.
+pub fn ensure_available(ctx: &Ctx, name: &str) -> Result<()> {
+    find_in_path(name, &ctx.path)
+        .map(|_| ())
+        .context("IPAM plugin (\"ipam\": {\"type\": ...})")
+}
+
+/// How long a delegate plugin may run before we give up (code 11) and kill it. Long
+/// enough for a DHCP exchange with retries (the dhcp plugin's own waits reach tens of
+/// seconds); override with `CNIBOX_DELEGATE_TIMEOUT` (seconds).
+pub const DELEGATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn delegate_timeout() -> Duration {
+    std::env::var("CNIBOX_DELEGATE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DELEGATE_TIMEOUT)
 }
 
 /// The raw outcome of running a delegate.
@@ -55,7 +92,8 @@ impl Env for OverrideEnv {
     }
 }
 
-fn is_self(path: &PathBuf) -> bool {
+/// True if `path` is this very binary (a cnibox symlink or copy of the same file).
+fn is_self(path: &Path) -> bool {
     match (
         std::fs::canonicalize(path),
         std::fs::canonicalize("/proc/self/exe"),
@@ -80,40 +118,93 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
     exec(&path, ctx, cmd)
 }
 
-fn exec(path: &PathBuf, ctx: &Ctx, cmd: Command) -> Result<Output> {
+fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
     let mut tries = 0;
-    loop {
+    let mut child = loop {
         let child = std::process::Command::new(path)
             .env("CNI_COMMAND", cmd.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
-        let mut child = match child {
-            Ok(c) => c,
+        match child {
+            Ok(c) => break c,
             // A runtime may be replacing the binary; the reference retries too.
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
                 tries += 1;
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                continue;
+                std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
                 return Err(e).with_context(|| format!("failed to run plugin {}", path.display()))
             }
-        };
-        if let Some(mut stdin) = child.stdin.take() {
-            // A plugin that exits without reading its stdin is not our error.
-            let _ = stdin.write_all(&ctx.stdin);
         }
-        let out = child
-            .wait_with_output()
-            .with_context(|| format!("failed to wait for plugin {}", path.display()))?;
-        return Ok(Output {
-            exit_ok: out.status.success(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        });
-    }
+    };
+    let stdin = child.stdin.take();
+    let input = ctx.stdin.clone();
+    // Feed stdin and drain both pipes on their own threads, so a plugin that writes a
+    // lot before reading cannot deadlock us, and the wait below can have a deadline.
+    let feeder = std::thread::spawn(move || {
+        if let Some(mut s) = stdin {
+            // A plugin that exits without reading its stdin is not our error.
+            let _ = s.write_all(&input);
+        }
+    });
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+
+    let limit = delegate_timeout();
+    let deadline = Instant::now() + limit;
+    let mut nap = Duration::from_micros(200);
+    let status = loop {
+        if let Some(st) = child
+            .try_wait()
+            .with_context(|| format!("failed to wait for plugin {}", path.display()))?
+        {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The pipe threads may still be held open by the plugin's own children:
+            // leave them, the process ends soon after this error anyway.
+            return Err(cni_err(
+                Code::TryAgainLater,
+                format!(
+                    "plugin {} ({}) did not finish within {:?}; killed it",
+                    path.display(),
+                    cmd.as_str(),
+                    limit
+                ),
+            ));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    Ok(Output {
+        exit_ok: status.success(),
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
 }
 
 /// Run `name` for `cmd`; on failure return its error object unchanged.

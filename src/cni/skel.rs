@@ -175,6 +175,20 @@ impl Ctx {
         }
     }
 
+    /// prevResult for CHECK (and chained plugins): its absence is a config error
+    /// (code 7), since the runtime must pass the result it got from ADD.
+    pub fn prev_result_required(&self) -> Result<CniResult> {
+        self.prev_result()?.ok_or_else(|| {
+            cni_err(
+                Code::InvalidConfig,
+                format!(
+                    "\"prevResult\" is missing: {} needs the result of the ADD it checks",
+                    self.command.as_str()
+                ),
+            )
+        })
+    }
+
     /// A `runtimeConfig` entry by capability name (case-insensitive, like Go).
     pub fn runtime_config(&self, key: &str) -> Option<&Value> {
         let rc = self.conf.runtime_config.as_ref()?.as_object()?;
@@ -409,8 +423,9 @@ fn dispatch(
         .read_to_end(&mut stdin_data)
         .map_err(|e| cni_err(Code::Io, format!("error reading from stdin: {e}")))?;
     if stdin_data.len() as u64 > MAX_STDIN {
+        // Readable but not a config we will decode: a decoding failure (6), not I/O.
         return Err(cni_err(
-            Code::Io,
+            Code::Decode,
             format!("error reading from stdin: config larger than {MAX_STDIN} bytes"),
         ));
     }
@@ -650,461 +665,61 @@ mod tests {
         run("test", &PLUGIN, &MapEnv(e), &mut &stdin[..])
     }
 
-    /// (what, env, stdin, code, msg fragment)
-    #[allow(clippy::type_complexity)]
-    fn cases() -> Vec<(
-        &'static str,
-        HashMap<String, String>,
-        Vec<u8>,
-        u64,
-        &'static str,
-    )> {
-        let conf = CONF.as_bytes().to_vec();
-        let with = |cmd: &str, k: &str, v: &str| {
-            let mut e = env(cmd);
-            if v.is_empty() {
-                e.remove(k);
-            } else {
-                e.insert(k.into(), v.into());
-            }
-            e
-        };
-        let c = |s: &str| s.as_bytes().to_vec();
-        let mut big = b"{\"name\":\"n\",\"x\":\"".to_vec();
-        big.resize(MAX_STDIN as usize + 10, b'a');
-        vec![
-            (
-                "unknown command",
-                with("FOO", "", ""),
-                conf.clone(),
-                4,
-                "unknown CNI_COMMAND: FOO",
-            ),
-            (
-                "lower-case command",
-                with("add", "", ""),
-                conf.clone(),
-                4,
-                "unknown CNI_COMMAND: add",
-            ),
-            (
-                "ADD missing all",
-                HashMap::from([("CNI_COMMAND".into(), "ADD".into())]),
-                conf.clone(),
-                4,
-                "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing",
-            ),
-            (
-                "ADD missing netns",
-                with("ADD", "CNI_NETNS", ""),
-                conf.clone(),
-                4,
-                "[CNI_NETNS] missing",
-            ),
-            (
-                "CHECK missing netns",
-                with("CHECK", "CNI_NETNS", ""),
-                conf.clone(),
-                4,
-                "[CNI_NETNS] missing",
-            ),
-            (
-                "DEL missing ifname",
-                with("DEL", "CNI_IFNAME", ""),
-                conf.clone(),
-                4,
-                "[CNI_IFNAME] missing",
-            ),
-            (
-                "CHECK missing id",
-                with("CHECK", "CNI_CONTAINERID", ""),
-                conf.clone(),
-                4,
-                "[CNI_CONTAINERID] missing",
-            ),
-            (
-                "GC missing path",
-                with("GC", "CNI_PATH", ""),
-                conf.clone(),
-                4,
-                "[CNI_PATH] missing",
-            ),
-            (
-                "id leading dash",
-                with("ADD", "CNI_CONTAINERID", "-abc"),
-                conf.clone(),
-                4,
-                "invalid characters in containerID",
-            ),
-            (
-                "id with space",
-                with("ADD", "CNI_CONTAINERID", "a b"),
-                conf.clone(),
-                4,
-                "invalid characters in containerID",
-            ),
-            (
-                "id with slash",
-                with("DEL", "CNI_CONTAINERID", "a/b"),
-                conf.clone(),
-                4,
-                "invalid characters in containerID",
-            ),
-            (
-                "id with unicode",
-                with("ADD", "CNI_CONTAINERID", "ctr\u{e9}"),
-                conf.clone(),
-                4,
-                "invalid characters in containerID",
-            ),
-            (
-                "ifname too long",
-                with("ADD", "CNI_IFNAME", "abcdefghijklmnop"),
-                conf.clone(),
-                4,
-                "interface name is too long",
-            ),
-            (
-                "ifname dot",
-                with("ADD", "CNI_IFNAME", "."),
-                conf.clone(),
-                4,
-                "interface name is . or ..",
-            ),
-            (
-                "ifname dotdot",
-                with("DEL", "CNI_IFNAME", ".."),
-                conf.clone(),
-                4,
-                "interface name is . or ..",
-            ),
-            (
-                "ifname slash",
-                with("ADD", "CNI_IFNAME", "a/b"),
-                conf.clone(),
-                4,
-                "contains / or : or whitespace",
-            ),
-            (
-                "ifname colon",
-                with("ADD", "CNI_IFNAME", "eth0:1"),
-                conf.clone(),
-                4,
-                "contains / or : or whitespace",
-            ),
-            (
-                "ifname space",
-                with("CHECK", "CNI_IFNAME", "et h"),
-                conf.clone(),
-                4,
-                "contains / or : or whitespace",
-            ),
-            (
-                "ifname tab",
-                with("ADD", "CNI_IFNAME", "et\th"),
-                conf.clone(),
-                4,
-                "contains / or : or whitespace",
-            ),
-            (
-                "bad id wins over missing",
-                {
-                    let mut e = with("ADD", "CNI_CONTAINERID", "!x");
-                    e.remove("CNI_NETNS");
-                    e
-                },
-                conf.clone(),
-                4,
-                "invalid characters in containerID",
-            ),
-            (
-                "empty stdin",
-                env("ADD"),
-                vec![],
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "truncated json",
-                env("ADD"),
-                c("{"),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "json array",
-                env("ADD"),
-                c("[]"),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "json null",
-                env("DEL"),
-                c("null"),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "json number",
-                env("ADD"),
-                c("42"),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "json string",
-                env("ADD"),
-                c("\"x\""),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "not utf-8",
-                env("ADD"),
-                vec![b'{', 0xff, 0xfe, b'}'],
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "trailing garbage",
-                env("ADD"),
-                c(r#"{"name":"n"} x"#),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "name missing",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0"}"#),
-                7,
-                "missing network name",
-            ),
-            (
-                "name empty",
-                env("DEL"),
-                c(r#"{"cniVersion":"1.0.0","name":""}"#),
-                7,
-                "missing network name",
-            ),
-            (
-                "name with space",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":"a b"}"#),
-                7,
-                "invalid characters found in network name",
-            ),
-            (
-                "name escapes dir",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":"../etc"}"#),
-                7,
-                "invalid characters found in network name",
-            ),
-            (
-                "name is a number",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":5}"#),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "version is a number",
-                env("ADD"),
-                c(r#"{"cniVersion":1,"name":"n"}"#),
-                6,
-                "error unmarshall network config",
-            ),
-            (
-                "version unknown",
-                env("ADD"),
-                c(r#"{"cniVersion":"9.9.9","name":"n"}"#),
-                1,
-                "incompatible CNI versions",
-            ),
-            (
-                "version garbage",
-                env("DEL"),
-                c(r#"{"cniVersion":"abc","name":"n"}"#),
-                1,
-                "incompatible CNI versions",
-            ),
-            (
-                "version with v",
-                env("ADD"),
-                c(r#"{"cniVersion":"v1.0.0","name":"n"}"#),
-                1,
-                "incompatible CNI versions",
-            ),
-            (
-                "CHECK too old",
-                env("CHECK"),
-                c(r#"{"cniVersion":"0.3.1","name":"n"}"#),
-                1,
-                "config version does not allow CHECK",
-            ),
-            (
-                "CHECK no version",
-                env("CHECK"),
-                c(r#"{"name":"n"}"#),
-                1,
-                "config version does not allow CHECK",
-            ),
-            (
-                "CHECK garbage version",
-                env("CHECK"),
-                c(r#"{"cniVersion":"x.y","name":"n"}"#),
-                6,
-                "failed to convert major",
-            ),
-            (
-                "GC too old",
-                env("GC"),
-                c(r#"{"cniVersion":"1.0.0","name":"n"}"#),
-                1,
-                "config version does not allow GC",
-            ),
-            (
-                "STATUS too old",
-                env("STATUS"),
-                c(r#"{"cniVersion":"0.4.0","name":"n"}"#),
-                1,
-                "config version does not allow STATUS",
-            ),
-            ("oversized stdin", env("ADD"), big, 5, "config larger than"),
-            (
-                "args triple",
-                with("ADD", "CNI_ARGS", "A=B=C"),
-                conf.clone(),
-                999,
-                "ARGS: invalid pair",
-            ),
-            (
-                "args unknown",
-                with("ADD", "CNI_ARGS", "FOO=1"),
-                conf.clone(),
-                999,
-                "ARGS: unknown args",
-            ),
-            (
-                "args bad ignore",
-                with("ADD", "CNI_ARGS", "IgnoreUnknown=maybe;FOO=1"),
-                conf.clone(),
-                999,
-                "IgnoreUnknown",
-            ),
-            (
-                "args empty pair",
-                with("DEL", "CNI_ARGS", "IP=1;;"),
-                conf.clone(),
-                999,
-                "ARGS: invalid pair",
-            ),
-            (
-                "args trailing semicolon",
-                with("ADD", "CNI_ARGS", "IP=1;"),
-                conf.clone(),
-                999,
-                "ARGS: invalid pair",
-            ),
-            (
-                "args lower-case key",
-                with("CHECK", "CNI_ARGS", "ip=10.0.0.2"),
-                c(r#"{"cniVersion":"1.0.0","name":"n"}"#),
-                999,
-                "ARGS: unknown args",
-            ),
-            (
-                "args no equals",
-                with("ADD", "CNI_ARGS", "IP"),
-                conf.clone(),
-                999,
-                "ARGS: invalid pair",
-            ),
-            (
-                "prevResult other shape",
-                env("ADD"),
-                c(
-                    r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"0.4.0","ips":[]}}"#,
-                ),
-                6,
-                "failed to parse prevResult",
-            ),
-            (
-                "prevResult not object",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":"n","prevResult":[1]}"#),
-                6,
-                "failed to parse prevResult",
-            ),
-            (
-                "prevResult bad address",
-                env("ADD"),
-                c(
-                    r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.300/24"}]}}"#,
-                ),
-                6,
-                "invalid CIDR",
-            ),
-            (
-                "mtu as string",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":"n","mtu":"1500"}"#),
-                6,
-                "failed to load netconf",
-            ),
-            (
-                "mtu negative",
-                env("ADD"),
-                c(r#"{"cniVersion":"1.0.0","name":"n","MTU":-1}"#),
-                6,
-                "failed to load netconf",
-            ),
-            (
-                "gc attachments not a list",
-                env("GC"),
-                c(r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":{"a":1}}"#),
-                6,
-                "valid-attachments",
-            ),
-            (
-                "gc attachment without id",
-                env("GC"),
-                c(
-                    r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"ifname":"eth0"}]}"#,
-                ),
-                6,
-                "valid-attachments",
-            ),
-            (
-                "own netns",
-                with("ADD", "CNI_NETNS", "/proc/self/ns/net"),
-                conf.clone(),
-                8,
-                "should not be the same",
-            ),
-        ]
+    /// One malformed input from `testdata/malformed-harness.json`: the command, the
+    /// environment changed from [`env`], stdin (the plain `CONF` when absent), and the
+    /// code and message fragment the error object must carry.
+    #[derive(serde::Deserialize)]
+    struct Case {
+        what: String,
+        command: String,
+        #[serde(default)]
+        set: HashMap<String, String>,
+        #[serde(default)]
+        unset: Vec<String>,
+        stdin: Option<String>,
+        stdin_bytes: Option<Vec<u8>>,
+        #[serde(default)]
+        stdin_oversized: bool,
+        code: u64,
+        msg: String,
+    }
+
+    fn cases() -> Vec<Case> {
+        serde_json::from_str(include_str!("../../testdata/malformed-harness.json"))
+            .expect("testdata/malformed-harness.json parses")
     }
 
     #[test]
     fn malformed_inputs_get_the_right_code() {
         let cases = cases();
-        assert!(cases.len() >= 40);
-        for (what, e, stdin, code, msg) in cases {
-            if code == 0 {
-                continue;
+        assert!(cases.len() >= 59);
+        for case in cases {
+            let what = &case.what;
+            let mut e = env(&case.command);
+            for k in &case.unset {
+                e.remove(k);
             }
+            e.extend(case.set.clone());
+            let stdin = if case.stdin_oversized {
+                let mut big = b"{\"name\":\"n\",\"x\":\"".to_vec();
+                big.resize(MAX_STDIN as usize + 10, b'a');
+                big
+            } else if let Some(b) = case.stdin_bytes {
+                b
+            } else {
+                case.stdin.unwrap_or_else(|| CONF.to_string()).into_bytes()
+            };
             let out = run_with(e, &stdin);
             assert_eq!(out.exit, 1, "{what}: exit status");
             let v: Value = serde_json::from_slice(&out.stdout)
                 .unwrap_or_else(|err| panic!("{what}: stdout is not JSON: {err}"));
-            assert_eq!(v["code"], code, "{what}: {v}");
+            assert_eq!(v["code"], case.code, "{what}: {v}");
             let m = format!(
                 "{} {}",
                 v["msg"].as_str().unwrap_or(""),
                 v["details"].as_str().unwrap_or("")
             );
-            assert!(m.contains(msg), "{what}: {m:?} lacks {msg:?}");
+            assert!(m.contains(&case.msg), "{what}: {m:?} lacks {:?}", case.msg);
         }
     }
 

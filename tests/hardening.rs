@@ -1,0 +1,327 @@
+//! The core's promises under bad input and failure, through the built binary:
+//! - every malformed config / environment in `testdata/malformed-applets.json` gets the
+//!   spec's code and a message naming the problem, and changes nothing at all;
+//! - a failed ADD leaves nothing it created (veth, IPAM reservation, the bridge itself);
+//! - a delegate (IPAM) that hangs is killed at the deadline and answered with code 11;
+//! - DEL succeeds for configs ADD would reject, and for a netns that is only a file.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(serde::Deserialize)]
+struct Case {
+    what: String,
+    plugin: String,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    conf: Option<Value>,
+    #[serde(default)]
+    args: Option<String>,
+    /// "missing" (a path that does not exist) or "file" (a regular file).
+    #[serde(default)]
+    netns: Option<String>,
+    code: i64,
+    msg: String,
+}
+
+fn base_conf(rig: &Rig, plugin: &str) -> Value {
+    let ipam = json!({"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": rig.data_dir()});
+    match plugin {
+        "bridge" => json!({"cniVersion": "1.0.0", "name": "hnet", "type": "bridge",
+            "bridge": "hbr0", "isGateway": true, "ipam": ipam}),
+        "ptp" => json!({"cniVersion": "1.0.0", "name": "hnet", "type": "ptp", "ipam": ipam}),
+        _ => json!({"cniVersion": "1.0.0", "name": "hnet", "type": plugin}),
+    }
+}
+
+/// Everything a call could have changed: both namespaces' links, addresses, routes and
+/// rules, and the IPAM data dir.
+fn snapshot(rig: &Rig) -> String {
+    let mut s = String::new();
+    for ns in [&rig.host, &rig.cont] {
+        for args in [
+            &["-d", "link", "show"][..],
+            &["addr", "show"][..],
+            &["-4", "route", "show", "table", "all"][..],
+            &["-6", "route", "show", "table", "all"][..],
+        ] {
+            s.push_str(&ns.ip(args));
+        }
+    }
+    s.push_str(&nft_ruleset(&rig.host));
+    s.push_str(&format!("{:?}", tree(&rig.data_dir())));
+    s
+}
+
+/// What a failed ADD must leave as it found it, for tests where a pre-existing bridge
+/// is legitimately brought up (and its kernel-chosen MAC may move): the links of both
+/// namespaces by name, kind and master, their global addresses, the ruleset, and the
+/// reservations.
+fn shape(rig: &Rig) -> String {
+    let mut s = String::new();
+    for ns in [&rig.host, &rig.cont] {
+        for l in links(ns) {
+            s.push_str(&format!(
+                "{} {} {:?}\n",
+                l["ifname"], l["linkinfo"]["info_kind"], l["master"]
+            ));
+        }
+        for a in ns
+            .ip_json(&["addr", "show", "scope", "global"])
+            .as_array()
+            .unwrap()
+        {
+            // `ip -j` prints an empty object for each address the scope filter hid.
+            let shown: Vec<&Value> = a["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x.get("local").is_some())
+                .collect();
+            s.push_str(&format!("{} {:?}\n", a["ifname"], shown));
+        }
+    }
+    s.push_str(&nft_ruleset(&rig.host));
+    s.push_str(&format!("{:?}", reservations_under(&rig.data_dir())));
+    s
+}
+
+/// Reservation files (named after an IP) anywhere under `dir`.
+fn reservations_under(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .collect()
+}
+
+/// Every path under `dir` (empty if it does not exist yet).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if p.is_dir() {
+            out.extend(tree(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn malformed_applet_inputs_get_the_right_code_and_change_nothing() {
+    let cases: Vec<Case> =
+        serde_json::from_str(include_str!("../testdata/malformed-applets.json")).unwrap();
+    assert!(cases.len() >= 30);
+    let rig = Rig::new();
+    let file = rig.dir.join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    let missing = rig.dir.join("no-such-netns");
+    let before = snapshot(&rig);
+    for case in &cases {
+        let what = &case.what;
+        let mut conf = base_conf(&rig, &case.plugin);
+        if let Some(extra) = &case.conf {
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    conf.as_object_mut().unwrap().remove(k);
+                } else {
+                    conf[k] = v.clone();
+                }
+            }
+        }
+        let cmd = case.command.as_deref().unwrap_or("ADD");
+        let mut call = rig.call(&case.plugin, cmd, &conf);
+        if let Some(a) = &case.args {
+            call = call.args(a);
+        }
+        match case.netns.as_deref() {
+            Some("missing") => call = call.netns(missing.to_str().unwrap()),
+            Some("file") => call = call.netns(file.to_str().unwrap()),
+            Some(other) => panic!("{what}: unknown netns kind {other}"),
+            None => {}
+        }
+        let out = call.run();
+        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
+        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(&case.msg),
+            "{what}: message {msg:?} lacks {:?}",
+            case.msg
+        );
+        assert_eq!(
+            snapshot(&rig),
+            before,
+            "{what}: the failed call changed something"
+        );
+    }
+}
+
+/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
+fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
+    let p = rig.cni_path.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn failed_add_removes_the_bridge_it_created() {
+    let rig = Rig::new();
+    fake_ipam(
+        &rig,
+        "failing-ipam",
+        r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"no addresses today"}'; exit 1"#,
+    );
+    let conf = json!({"cniVersion": "1.0.0", "name": "fnet", "type": "bridge",
+        "bridge": "fbr0", "isGateway": true, "ipam": {"type": "failing-ipam"}});
+    let before = snapshot(&rig);
+    let out = rig.call("bridge", "ADD", &conf).run();
+    // The delegate's own code passes through unchanged.
+    assert_eq!(out.err_code(), 11, "{}", out.stdout);
+    assert!(out.stdout.contains("no addresses today"), "{}", out.stdout);
+    assert!(
+        link(&rig.host, "fbr0").is_none(),
+        "the new bridge was left behind"
+    );
+    assert_eq!(snapshot(&rig), before);
+
+    // A bridge that existed before the ADD stays, with what it had.
+    rig.host.ip(&["link", "add", "fbr0", "type", "bridge"]);
+    rig.host.ip(&["addr", "add", "10.99.0.1/24", "dev", "fbr0"]);
+    let before = shape(&rig);
+    assert!(before.contains("10.99.0.1"), "{before}");
+    let out = rig.call("bridge", "ADD", &conf).run();
+    assert_eq!(out.err_code(), 11);
+    assert!(
+        link(&rig.host, "fbr0").is_some(),
+        "a pre-existing bridge was deleted"
+    );
+    assert_eq!(shape(&rig), before);
+}
+
+#[test]
+fn failure_after_ipam_releases_the_address_and_the_veth() {
+    let rig = Rig::new();
+    // The bridge already has another IPv4 address and forceAddress is off: the ADD fails
+    // after IPAM allocated and the container interface was configured.
+    rig.host.ip(&["link", "add", "gbr0", "type", "bridge"]);
+    rig.host.ip(&["addr", "add", "10.98.0.1/24", "dev", "gbr0"]);
+    let conf = json!({"cniVersion": "1.0.0", "name": "gnet", "type": "bridge",
+        "bridge": "gbr0", "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables",
+        "ipam": {"type": "host-local", "subnet": "10.97.0.0/24", "dataDir": rig.data_dir()}});
+    let before = shape(&rig);
+    let out = rig.call("bridge", "ADD", &conf).run();
+    out.err_code();
+    assert!(
+        out.stdout
+            .contains("already has an IP address different from"),
+        "{}",
+        out.stdout
+    );
+    // No veth, no reservation, no masquerade rule (host-local's lock file may stay, as
+    // with the reference).
+    assert_eq!(shape(&rig), before);
+}
+
+#[test]
+fn hung_ipam_is_killed_and_answered_with_code_11() {
+    let rig = Rig::new();
+    let marker = rig.dir.join("hung-ipam-ran");
+    fake_ipam(
+        &rig,
+        "hung-ipam",
+        &format!("touch {}\nexec sleep 60", marker.display()),
+    );
+    let conf = json!({"cniVersion": "1.0.0", "name": "hnet", "type": "bridge",
+        "bridge": "hbr1", "ipam": {"type": "hung-ipam"}});
+    let before = snapshot(&rig);
+    let t = Instant::now();
+    let out = rig
+        .call("bridge", "ADD", &conf)
+        .env("CNIBOX_DELEGATE_TIMEOUT", "1")
+        .run();
+    let took = t.elapsed();
+    assert_eq!(out.err_code(), 11, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("did not finish within"),
+        "{}",
+        out.stdout
+    );
+    assert!(marker.exists(), "the fake IPAM never ran");
+    assert!(took < Duration::from_secs(30), "ADD waited {took:?}");
+    assert_eq!(snapshot(&rig), before, "the timed-out ADD left something");
+    // The plugin was killed, not left running.
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &rig.cni_path.join("hung-ipam").display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(ps.status.code(), Some(1), "still running: {:?}", ps);
+}
+
+#[test]
+fn del_succeeds_where_add_would_refuse() {
+    let rig = Rig::new();
+    let ipam = json!({"type": "host-local", "subnet": "10.76.0.0/24", "dataDir": rig.data_dir()});
+    let confs = [
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "bridge", "bridge": "dbr0",
+            "disableContainerInterface": true, "ipam": ipam}),
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "bridge", "bridge": "dbr0",
+            "mtu": -5, "ipam": ipam}),
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "bridge", "bridge": "dbr0",
+            "mtu": "1500", "ipMasq": "yes", "ipam": ipam}),
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "bridge",
+            "bridge": "much-too-long-bridge-name", "ipam": ipam}),
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "ptp"}),
+        json!({"cniVersion": "1.0.0", "name": "dnet", "type": "ptp", "mtu": -1,
+            "ipMasqBackend": "pf", "ipam": ipam}),
+    ];
+    for conf in &confs {
+        let add = rig.call(conf["type"].as_str().unwrap(), "ADD", conf).run();
+        add.err_code();
+        let del = rig.call(conf["type"].as_str().unwrap(), "DEL", conf).run();
+        assert_eq!(del.code, 0, "DEL of {conf}: {}", del.stdout);
+        assert!(del.stdout.trim().is_empty(), "DEL printed {}", del.stdout);
+    }
+}
+
+#[test]
+fn del_with_a_netns_that_is_only_a_file_succeeds_and_cleans_up() {
+    let rig = Rig::new();
+    let conf = bridge_conf(
+        &rig,
+        "1.0.0",
+        json!({"bridge": "fbr1"}),
+        json!([[{"subnet": "10.75.0.0/24"}]]),
+    );
+    rig.call("bridge", "ADD", &conf).run().ok();
+    assert_eq!(reservations(&rig.data_dir().join("brnet")).len(), 1);
+    // What an unmounted netns leaves behind: an empty regular file at the same path.
+    let file = rig.dir.join("stale-netns");
+    std::fs::write(&file, b"").unwrap();
+    let out = rig
+        .call("bridge", "DEL", &conf)
+        .netns(file.to_str().unwrap())
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(reservations(&rig.data_dir().join("brnet")).is_empty());
+}
