@@ -1,10 +1,19 @@
 //! Network namespaces.
 //!
-//! cnibox is single-threaded, so `setns` moves the whole process. Most work never enters
-//! a namespace at all: a netlink socket stays bound to the netns it was opened in, so we
-//! open one socket inside the container (briefly entering it) and then drive it from the
-//! host. Only `/proc/sys/net` writes really need to run inside; [`with_netns`] does that
-//! and always switches back, on every exit path.
+//! `setns(2)` with `CLONE_NEWNET` moves only the **calling thread**; other threads stay
+//! where they are, and a thread spawned later starts in the namespace its parent thread
+//! is in at that moment. Most work never enters a namespace at all: a netlink socket
+//! stays bound to the netns it was opened in, so we open one socket inside the container
+//! (briefly entering it) and then drive it from the host. Only `/proc/sys/net` writes
+//! really need to run inside; [`Netns::run`] does that and always switches the thread
+//! back, on every exit path (and aborts rather than continue in the wrong namespace).
+//!
+//! The invariants every caller (and the long-running dhcp daemon, with its many
+//! threads) relies on:
+//! - a thread is inside another namespace only for the duration of one `run` closure;
+//! - no thread is spawned from inside a `run` closure (it would start in the container);
+//! - work handed to other threads carries already-bound sockets, never a "current
+//!   namespace" assumption (see `l3::both`).
 
 use crate::error::{cni_err, Code};
 use anyhow::{Context, Result};
