@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install cnibox and one symlink per plugin into the CNI bin dir.
-#   ./install.sh [--prefix DIR] [--cni-bin-dir DIR] [--binary PATH] [--force] [--uninstall]
+#   ./install.sh [--prefix DIR] [--cni-bin-dir DIR] [--binary PATH] [--force|--backup] [--uninstall]
 # Builds a release binary unless --binary is given. Idempotent. The binary is replaced
 # atomically (temp file + rename), so a runtime exec'ing a plugin meanwhile never gets
-# "text file busy" or a half-written file.
+# "text file busy" or a half-written file. Plugins already in the CNI bin dir (files, or
+# links to other binaries) are kept unless --force replaces them or --backup replaces
+# them keeping NAME.cnibox-orig, which --uninstall puts back.
 set -euo pipefail
 prefix=/usr/local
 cni_bin_dir=/opt/cni/bin
@@ -16,8 +18,9 @@ while [ $# -gt 0 ]; do
     --cni-bin-dir) cni_bin_dir=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
     --force) force=--force; shift ;;
+    --backup) force=--backup; shift ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -27,6 +30,11 @@ if [ -n "$uninstall" ]; then
   if [ -d "$cni_bin_dir" ]; then
     for l in "$cni_bin_dir"/*; do
       if [ -L "$l" ] && [ "$(readlink "$l")" = "$target" ]; then rm -f "$l"; echo "removed $l"; fi
+    done
+    for o in "$cni_bin_dir"/*.cnibox-orig; do
+      [ -e "$o" ] || [ -L "$o" ] || continue
+      n="${o%.cnibox-orig}"
+      if [ ! -e "$n" ] && [ ! -L "$n" ]; then mv "$o" "$n"; echo "restored $n"; fi
     done
   fi
   if [ -e "$target" ]; then rm -f "$target"; echo "removed $target"; fi

@@ -101,7 +101,16 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
             Arg::new("force")
                 .long("force")
                 .action(ArgAction::SetTrue)
-                .help("with --install: replace existing files"),
+                .help("with --install: replace existing files and foreign symlinks"),
+        )
+        .arg(
+            Arg::new("backup")
+                .long("backup")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "with --install: replace them, keeping each as NAME.cnibox-orig \
+                     (install.sh --uninstall puts them back)",
+                ),
         );
     let m = match cmd.try_get_matches_from(argv) {
         Ok(m) => m,
@@ -121,7 +130,14 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
         return 0;
     }
     if let Some(dir) = m.get_one::<String>("install") {
-        return match install(std::path::Path::new(dir), m.get_flag("force")) {
+        let mode = if m.get_flag("backup") {
+            Replace::Backup
+        } else if m.get_flag("force") {
+            Replace::Force
+        } else {
+            Replace::Never
+        };
+        return match install(std::path::Path::new(dir), mode) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("cnibox: --install: {e:#}");
@@ -145,30 +161,58 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
     0
 }
 
+/// What `--install` does with a name that is taken by something not ours.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Never,
+    Force,
+    Backup,
+}
+
 /// Busybox-style `--install`: one symlink per applet, idempotent, atomic (a runtime
-/// may exec a plugin while we replace its link), never clobbering a real file unless
-/// forced.
-fn install(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+/// may exec a plugin while we replace its link). A name already taken by a file or by a
+/// symlink that leads elsewhere (a distro's plugin, say) is left alone unless forced,
+/// and `--backup` keeps the original beside it. A dangling symlink runs nothing and is
+/// replaced.
+fn install(dir: &std::path::Path, mode: Replace) -> anyhow::Result<()> {
     use anyhow::Context;
     let exe =
         std::fs::read_link("/proc/self/exe").context("cannot find this binary (/proc/self/exe)")?;
+    let me = std::fs::canonicalize(&exe).unwrap_or_else(|_| exe.clone());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut refused = Vec::new();
     for a in APPLETS {
         let link = dir.join(a.name);
-        match std::fs::symlink_metadata(&link) {
-            Ok(md)
-                if md.file_type().is_symlink()
-                    && std::fs::read_link(&link).ok().as_deref() == Some(exe.as_path()) =>
-            {
-                continue;
+        let taken = match std::fs::symlink_metadata(&link) {
+            Err(_) => false,
+            Ok(md) => match std::fs::canonicalize(&link) {
+                // Already ours (maybe through another path to the same file).
+                Ok(target) if target == me && md.file_type().is_symlink() => continue,
+                Ok(_) => true,
+                Err(_) if md.file_type().is_symlink() => false, // dangling
+                Err(_) => true,
+            },
+        };
+        if taken {
+            match mode {
+                Replace::Never => {
+                    refused.push(a.name);
+                    continue;
+                }
+                Replace::Force => {}
+                Replace::Backup => {
+                    let orig = dir.join(format!("{}.cnibox-orig", a.name));
+                    if std::fs::symlink_metadata(&orig).is_ok() {
+                        anyhow::bail!(
+                            "{} exists already: not overwriting an earlier backup",
+                            orig.display()
+                        );
+                    }
+                    std::fs::rename(&link, &orig)
+                        .with_context(|| format!("cannot back up {}", link.display()))?;
+                    println!("{} saved as {}", link.display(), orig.display());
+                }
             }
-            Ok(md) if md.file_type().is_symlink() => {}
-            Ok(_) if !force => {
-                refused.push(a.name);
-                continue;
-            }
-            _ => {}
         }
         let tmp = dir.join(format!(".{}.cnibox-tmp", a.name));
         let _ = std::fs::remove_file(&tmp);
@@ -180,7 +224,7 @@ fn install(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     }
     if !refused.is_empty() {
         anyhow::bail!(
-            "not replacing existing files (use --force): {}",
+            "not replacing existing files or foreign symlinks (use --force, or --backup to keep them): {}",
             refused.join(", ")
         );
     }
