@@ -551,12 +551,12 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
             .iter()
             .map(|(key, path, value)| {
                 use std::os::unix::fs::PermissionsExt;
-                let md = std::fs::metadata(path).map_err(|_| {
-                    invalid(
-                        "sysctl",
-                        format!("{key:?}={value:?}"),
-                        &format!("{path} does not exist"),
-                    )
+                let md = std::fs::metadata(path).map_err(|e| {
+                    let why = match e.kind() {
+                        std::io::ErrorKind::NotFound => format!("{path} does not exist"),
+                        _ => format!("{path}: {}", errno_text(&e)),
+                    };
+                    invalid("sysctl", format!("{key:?}={value:?}"), &why)
                 })?;
                 if !md.is_file() {
                     return Err(invalid(
@@ -854,7 +854,7 @@ fn check(ctx: &Ctx) -> Result<()> {
         .link_settings(LinkId::Name(ifname))?
         .ok_or_else(|| anyhow!("Cannot find container link {ifname}"))?;
     ns.run(|| {
-        for (key, path, want) in &p.sysctl_view() {
+        for (key, path, want) in &p.sysctls {
             let have = std::fs::read_to_string(path)
                 .with_context(|| format!("failed to read sysctl {key:?} ({path})"))?;
             if !same_sysctl(want, &have) {
@@ -905,15 +905,6 @@ fn check(ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl Plan {
-    fn sysctl_view(&self) -> Vec<(&str, &str, &str)> {
-        self.sysctls
-            .iter()
-            .map(|(k, p, v)| (k.as_str(), p.as_str(), v.as_str()))
-            .collect()
-    }
 }
 
 /// Multi-value sysctls read back tab-separated whatever was written; compare words.
