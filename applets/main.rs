@@ -14,6 +14,7 @@ mod loopback;
 mod ptp;
 #[path = "static.rs"]
 mod static_ipam;
+mod tuning;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
@@ -23,6 +24,7 @@ static APPLETS: &[Applet] = &[
     loopback::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,
+    tuning::APPLET,
 ];
 
 fn main() {

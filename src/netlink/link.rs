@@ -392,6 +392,109 @@ impl Nl {
     }
 }
 
+/// The link attributes the tuning plugin reads, saves and restores: a separate query so
+/// [`Link`] stays as small as the main plugins need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkSettings {
+    pub index: u32,
+    pub name: String,
+    /// ARPHRD_* (1 = Ethernet).
+    pub arptype: u16,
+    /// As the kernel reports them: IFF_PROMISC and IFF_ALLMULTI here are the
+    /// user-requested flags (dev_get_flags), not the effective promiscuity.
+    pub flags: u32,
+    pub mtu: u32,
+    /// The MTU range the driver accepts (0 = the kernel did not say).
+    pub min_mtu: u32,
+    pub max_mtu: u32,
+    pub txqlen: u32,
+    /// The hardware address, any length (6 bytes for Ethernet, 20 for InfiniBand).
+    pub hwaddr: Vec<u8>,
+}
+
+impl LinkSettings {
+    pub fn promisc(&self) -> bool {
+        self.flags & libc::IFF_PROMISC as u32 != 0
+    }
+
+    pub fn allmulti(&self) -> bool {
+        self.flags & libc::IFF_ALLMULTI as u32 != 0
+    }
+
+    /// The address as `ip link` and Go's `HardwareAddr.String()` print it.
+    pub fn mac(&self) -> String {
+        mac_string(&self.hwaddr)
+    }
+
+    fn from_msg(m: &Ifinfomsg) -> LinkSettings {
+        let mut l = LinkSettings {
+            index: *m.ifi_index() as u32,
+            arptype: u16::from(*m.ifi_type()),
+            flags: u32::from(*m.ifi_flags()),
+            ..Default::default()
+        };
+        for a in m.rtattrs().iter() {
+            let p: &[u8] = a.rta_payload().as_ref();
+            match u16::from(*a.rta_type()) {
+                t if t == u16::from(Ifla::Ifname) => l.name = cstr(p),
+                t if t == u16::from(Ifla::Mtu) => l.mtu = u32_of(p),
+                t if t == u16::from(Ifla::MinMtu) => l.min_mtu = u32_of(p),
+                t if t == u16::from(Ifla::MaxMtu) => l.max_mtu = u32_of(p),
+                t if t == u16::from(Ifla::Txqlen) => l.txqlen = u32_of(p),
+                t if t == u16::from(Ifla::Address) => l.hwaddr = p.to_vec(),
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+impl Nl {
+    /// [`LinkSettings`] of a link; `Ok(None)` if it does not exist.
+    pub fn link_settings(&self, id: LinkId) -> Result<Option<LinkSettings>> {
+        let (index, attrs) = id_attrs(&id)?;
+        let msg = build(base(index), attrs)?;
+        match self.request(Rtm::Getlink, NlmF::empty(), msg, || {
+            format!("failed to look up link {id}")
+        }) {
+            Ok(v) => Ok(v.first().map(LinkSettings::from_msg)),
+            Err(e) if matches!(super::errno(&e), Some(libc::ENODEV)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set the hardware address, of whatever length the device uses.
+    pub fn set_hwaddr(&self, index: u32, addr: &[u8]) -> Result<()> {
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Address, Buffer::from(addr.to_vec()))?],
+            "mac",
+        )
+    }
+
+    /// Set or clear IFF_ALLMULTI (like `ip link set allmulticast on|off`).
+    pub fn set_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        let b = base(index).ifi_change(Iff::ALLMULTI);
+        let b = if on {
+            b.ifi_flags(Iff::ALLMULTI)
+        } else {
+            b.ifi_flags(Iff::empty())
+        };
+        self.set(index, b, vec![], "allmulticast")
+    }
+
+    /// Set the transmit queue length (`ip link set txqueuelen`).
+    pub fn set_txqlen(&self, index: u32, qlen: u32) -> Result<()> {
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Txqlen, qlen)?],
+            "txqlen",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
