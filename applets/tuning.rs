@@ -538,9 +538,7 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
     check_duplicate_sysctls(&ctx.stdin)?;
     let c = load(ctx)?;
     check_allowlist(&c)?;
-    let mut prev = ctx
-        .prev_result()?
-        .ok_or_else(|| anyhow!("Required prevResult missing"))?;
+    let mut prev = ctx.prev_result_required()?;
     let p = plan(&c, &ctx.ifname)?;
     let ns = Netns::open(&ctx.netns)?;
 
@@ -844,8 +842,7 @@ fn check(ctx: &Ctx) -> Result<()> {
     check_duplicate_sysctls(&ctx.stdin)?;
     let c = load(ctx)?;
     let p = plan(&c, &ctx.ifname)?;
-    ctx.prev_result()?
-        .ok_or_else(|| anyhow!("Required prevResult missing"))?;
+    ctx.prev_result_required()?;
     let ns = Netns::open(&ctx.netns)?;
     let nl = Nl::open_in(&ns)?;
     let ifname = &ctx.ifname;

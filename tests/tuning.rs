@@ -423,9 +423,9 @@ fn invalid_values_are_code_7_and_change_nothing() {
     let mut c = conf("1.0.0", &dir, &rig.cont, all_keys());
     c.as_object_mut().unwrap().remove("prevResult");
     let out = rig.call("tuning", "ADD", &c).run();
-    out.err_code();
+    assert_eq!(out.err_code(), 7);
     assert!(
-        out.stdout.contains("Required prevResult missing"),
+        out.stdout.contains("is missing"),
         "{}",
         out.stdout
     );
@@ -764,8 +764,9 @@ fn check_reports_what_changed() {
     );
     // CHECK needs prevResult.
     let out = rig.call("tuning", "CHECK", &c_without_prev(&c)).run();
+    assert_eq!(out.err_code(), 7);
     assert!(
-        out.stdout.contains("Required prevResult missing"),
+        out.stdout.contains("is missing"),
         "{}",
         out.stdout
     );
