@@ -10,21 +10,27 @@ use cnibox::cni::skel::{self, Applet, Kind};
 mod bridge;
 #[path = "host-local.rs"]
 mod host_local;
+mod ipvlan;
 mod loopback;
+mod macvlan;
 mod ptp;
 #[path = "static.rs"]
 mod static_ipam;
 mod tuning;
+mod vlan;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
     host_local::APPLET,
+    ipvlan::APPLET,
     loopback::APPLET,
+    macvlan::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,
     tuning::APPLET,
+    vlan::APPLET,
 ];
 
 fn main() {

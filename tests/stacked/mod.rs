@@ -1,0 +1,339 @@
+//! Helpers shared by the macvlan, ipvlan and vlan tests: parent links inside the rig's
+//! namespaces, a snapshot of everything a call could change, the malformed-input
+//! runner, a failing fake IPAM, kernel-support probes for the VM-only kinds, and the
+//! normalised kernel state the differential tests compare with the Go reference.
+
+#![allow(dead_code)]
+
+use super::common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// A veth pair `name` / `<name>p` in `ns`, both up: a parent with carrier that is
+/// entirely the test's own (never a real NIC). Returns `name`'s ifindex.
+pub fn parent(ns: &Netns, name: &str) -> u64 {
+    let peer = format!("{name}p");
+    ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    // No IPv6 link-local addresses: their DAD finishing later would show up as a
+    // change in the before/after snapshots.
+    for dev in [name, peer.as_str()] {
+        ns.ip(&["link", "set", dev, "addrgenmode", "none"]);
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    link(ns, name).expect("parent")["ifindex"]
+        .as_u64()
+        .expect("ifindex")
+}
+
+/// A default route in `ns` through `dev` (for master auto-detection).
+pub fn default_route(ns: &Netns, dev: &str) {
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", dev]);
+    ns.ip(&["route", "add", "default", "via", "192.0.2.254", "dev", dev]);
+}
+
+/// host-local over `subnet` in the rig's data dir.
+pub fn ipam(rig: &Rig, subnet: &str) -> Value {
+    json!({"type": "host-local", "subnet": subnet, "dataDir": rig.data_dir()})
+}
+
+/// Every path under `dir` (empty if it does not exist yet).
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if p.is_dir() {
+            out.extend(tree(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reservation files (named after an IP) anywhere under `dir`.
+pub fn reservations_under(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .map(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Everything a call could have changed: both namespaces' links (with kind data and
+/// promiscuity, which passthru changes on the parent), addresses and routes, and the
+/// IPAM reservations. (host-local's lock file may appear, as with the reference.)
+pub fn snapshot(rig: &Rig) -> String {
+    let mut s = String::new();
+    for ns in [&rig.host, &rig.cont] {
+        for args in [
+            &["-d", "link", "show"][..],
+            &["addr", "show"][..],
+            &["-4", "route", "show", "table", "all"][..],
+            &["-6", "route", "show", "table", "all"][..],
+        ] {
+            s.push_str(&ns.ip(args));
+        }
+    }
+    s.push_str(&format!("{:?}", reservations_under(&rig.data_dir())));
+    s
+}
+
+/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
+pub fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
+    let p = rig.cni_path.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// One malformed input from `testdata/malformed-<plugin>.json`: keys of `conf` are
+/// merged into the plugin's base config (`null` removes one; an `ipam` of type
+/// host-local gets the rig's data dir), and the call must fail with `code` and a message
+/// containing `msg`, changing nothing.
+#[derive(serde::Deserialize)]
+pub struct Case {
+    pub what: String,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub conf: Option<Value>,
+    #[serde(default)]
+    pub args: Option<String>,
+    /// "missing" (a path that does not exist) or "file" (a regular file).
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub code: i64,
+    pub msg: String,
+}
+
+pub fn run_malformed(rig: &Rig, plugin: &str, base: &Value, cases_json: &str, min: usize) {
+    let cases: Vec<Case> = serde_json::from_str(cases_json).expect("cases parse");
+    assert!(cases.len() >= min, "only {} cases", cases.len());
+    let file = rig.dir.join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    let missing = rig.dir.join("no-such-netns");
+    let before = snapshot(rig);
+    for case in &cases {
+        let what = &case.what;
+        let mut conf = base.clone();
+        if let Some(extra) = &case.conf {
+            for (k, v) in extra.as_object().expect("conf object") {
+                if v.is_null() {
+                    conf.as_object_mut().unwrap().remove(k);
+                } else {
+                    conf[k] = v.clone();
+                }
+            }
+        }
+        if conf["ipam"]["type"] == "host-local" {
+            conf["ipam"]["dataDir"] = json!(rig.data_dir());
+        }
+        let cmd = case.command.as_deref().unwrap_or("ADD");
+        let mut call = rig.call(plugin, cmd, &conf);
+        if let Some(a) = &case.args {
+            call = call.args(a);
+        }
+        match case.netns.as_deref() {
+            Some("missing") => call = call.netns(missing.to_str().unwrap()),
+            Some("file") => call = call.netns(file.to_str().unwrap()),
+            Some(other) => panic!("{what}: unknown netns kind {other}"),
+            None => {}
+        }
+        let out = call.run();
+        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
+        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(&case.msg),
+            "{what}: message {msg:?} lacks {:?}",
+            case.msg
+        );
+        assert_eq!(
+            snapshot(rig),
+            before,
+            "{what}: the failed call changed something"
+        );
+    }
+}
+
+/// The container link as the differential tests compare it: `ip -d -j link` minus
+/// what legitimately differs between two runs (ifindex, MAC, the IPv6 link-local
+/// address derived from it), with the parent's ifindex replaced by "<parent>" when it
+/// is `parent_index`.
+pub fn link_state(ns: &Netns, ifname: &str, parent_index: u64) -> Value {
+    let mut l = link(ns, ifname).unwrap_or_else(|| panic!("no {ifname} in {}", ns.name));
+    let o = l.as_object_mut().unwrap();
+    for k in ["ifindex", "address"] {
+        o.remove(k);
+    }
+    if o.get("link_index").and_then(Value::as_u64) == Some(parent_index) {
+        o.insert("link_index".into(), json!("<parent>"));
+    }
+    l
+}
+
+/// The global addresses of `ifname` (family, local, prefixlen, scope, broadcast).
+pub fn addr_state(ns: &Netns, ifname: &str) -> Vec<Value> {
+    addrs(ns, ifname)
+        .into_iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| {
+            json!({"family": a["family"], "local": a["local"], "prefixlen": a["prefixlen"],
+                   "broadcast": a["broadcast"]})
+        })
+        .collect()
+}
+
+/// Main-table routes of the container, both families, without link-local ones.
+pub fn route_state(ns: &Netns) -> Vec<Value> {
+    let mut v = routes(ns, false);
+    v.extend(
+        routes(ns, true)
+            .into_iter()
+            .filter(|r| !r["dst"].as_str().unwrap_or("").starts_with("fe80")),
+    );
+    v
+}
+
+/// Can this kernel make `kind` links (`ip link add ... type <kind> <args>` on a veth)?
+/// If not, fail with the reason, or, when CNIBOX_VLAN_TESTS_IN_VM=1 says the VM run
+/// follows (`make test` does), print that the test was deferred and return false.
+pub fn need_kernel(kind: &str, args: &[&str]) -> bool {
+    let ns = Netns::new("k");
+    parent(&ns, "probe0");
+    let ok = ns
+        .exec(
+            &[
+                &[
+                    "ip", "link", "add", "link", "probe0", "name", "probe1", "type", kind,
+                ][..],
+                args,
+            ]
+            .concat(),
+        )
+        .status
+        .success();
+    if ok {
+        return true;
+    }
+    if std::env::var("CNIBOX_VLAN_TESTS_IN_VM").as_deref() == Ok("1") {
+        eprintln!(
+            "{kind} test deferred: no {kind} in this kernel; `make test` runs it in the vmtest VM"
+        );
+        return false;
+    }
+    panic!(
+        "this kernel cannot create {kind} links: run this test in the VM \
+         (make test does: CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=../shared/vmtest/run-in-vm)"
+    );
+}
+
+/// Nothing of an attachment left: no `ifname` in the container, no reservation.
+pub fn assert_gone(rig: &Rig, ifname: &str, what: &str) {
+    assert!(
+        link(&rig.cont, ifname).is_none(),
+        "{what}: {ifname} left in the container"
+    );
+    assert!(
+        reservations_under(&rig.data_dir()).is_empty(),
+        "{what}: reservations left: {:?}",
+        reservations_under(&rig.data_dir())
+    );
+}
+
+/// The same config in another rig (its own data dir).
+pub fn for_rig(conf: &Value, rig: &Rig) -> Value {
+    let mut c = conf.clone();
+    if c["ipam"]["type"] == "host-local" {
+        c["ipam"]["dataDir"] = json!(rig.data_dir());
+    }
+    c
+}
+
+/// The differential core: ADD `conf` through cnibox in `a` and through Go v1.9.1 in `b`
+/// (each rig has a parent `p0`, in its host or container netns per `parent_in_cont`)
+/// and compare the normalised results, the container link, addresses, routes and
+/// reservations; then CHECK each with the other's implementation (for versions that
+/// have CHECK), and DEL each with the other's: nothing may be left. `extra_check`
+/// looks at both rigs after ADD.
+pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
+    let a = Rig::new();
+    let b = Rig::new();
+    let pa = parent(if parent_in_cont { &a.cont } else { &a.host }, "p0");
+    let pb = parent(if parent_in_cont { &b.cont } else { &b.host }, "p0");
+    let ca = for_rig(conf, &a);
+    let cb = for_rig(conf, &b);
+    let ours = a.call(plugin, "ADD", &ca).run();
+    let theirs = b.call(plugin, "ADD", &cb).go().run();
+    let (ours, theirs) = (ours.ok().clone(), theirs.ok().clone());
+    let norm = |v: &Value, rig: &Rig| {
+        let s = serde_json::to_string(&normalize_result(v))
+            .unwrap()
+            .replace(rig.cont.path.to_str().unwrap(), "<netns>");
+        serde_json::from_str::<Value>(&s).unwrap()
+    };
+    assert_eq!(norm(&ours, &a), norm(&theirs, &b), "result of {conf}");
+    assert_eq!(
+        link_state(&a.cont, "eth0", pa),
+        link_state(&b.cont, "eth0", pb),
+        "container link of {conf}"
+    );
+    assert_eq!(addr_state(&a.cont, "eth0"), addr_state(&b.cont, "eth0"));
+    assert_eq!(
+        route_state(&a.cont),
+        route_state(&b.cont),
+        "routes of {conf}"
+    );
+    assert_eq!(
+        reservations_under(&a.data_dir()),
+        reservations_under(&b.data_dir())
+    );
+    // The MAC in the result is the link's (0.1.0/0.2.0 results have no interfaces).
+    if ours.get("interfaces").is_some() {
+        let mac = link(&a.cont, "eth0").unwrap()["address"].clone();
+        let ifs = ours["interfaces"].as_array().unwrap();
+        assert_eq!(ifs.last().unwrap()["mac"], mac, "{ours}");
+    }
+
+    let version = conf["cniVersion"].as_str().unwrap_or("0.1.0");
+    let has_check = !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1");
+    if has_check {
+        let out = a.call(plugin, "CHECK", &with_prev(&ca, &ours)).go().run();
+        assert_eq!(out.code, 0, "Go CHECK of cnibox's ADD: {}", out.stdout);
+        let out = b.call(plugin, "CHECK", &with_prev(&cb, &theirs)).run();
+        assert_eq!(out.code, 0, "cnibox CHECK of Go's ADD: {}", out.stdout);
+    }
+    let out = a.call(plugin, "DEL", &with_prev(&ca, &ours)).go().run();
+    assert_eq!(out.code, 0, "Go DEL of cnibox's ADD: {}", out.stdout);
+    assert_gone(&a, "eth0", "Go DEL of cnibox's ADD");
+    let out = b.call(plugin, "DEL", &with_prev(&cb, &theirs)).run();
+    assert_eq!(out.code, 0, "cnibox DEL of Go's ADD: {}", out.stdout);
+    assert_gone(&b, "eth0", "cnibox DEL of Go's ADD");
+    // The parent is untouched by the whole round trip.
+    let ns = |r: &Rig| {
+        if parent_in_cont {
+            link(&r.cont, "p0")
+        } else {
+            link(&r.host, "p0")
+        }
+    };
+    assert!(ns(&a).is_some() && ns(&b).is_some());
+}
