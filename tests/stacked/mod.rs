@@ -6,23 +6,73 @@
 #![allow(dead_code)]
 
 use super::common::*;
+use cnibox::netlink::{Link, LinkId, Nl};
+use cnibox::netns::Netns as NsFile;
 use serde_json::{json, Value};
 use std::path::Path;
 
 /// A veth pair `name` / `<name>p` in `ns`, both up: a parent with carrier that is
-/// entirely the test's own (never a real NIC). Returns `name`'s ifindex.
+/// entirely the test's own (never a real NIC). Returns `name`'s ifindex. One `ip`
+/// process (batch): each costs a lot in the emulated VM.
 pub fn parent(ns: &Netns, name: &str) -> u64 {
     let peer = format!("{name}p");
-    ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
     // No IPv6 link-local addresses: their DAD finishing later would show up as a
     // change in the before/after snapshots.
-    for dev in [name, peer.as_str()] {
-        ns.ip(&["link", "set", dev, "addrgenmode", "none"]);
-        ns.ip(&["link", "set", dev, "up"]);
-    }
-    link(ns, name).expect("parent")["ifindex"]
-        .as_u64()
-        .expect("ifindex")
+    let script = format!(
+        "link add {name} type veth peer name {peer}\n\
+         link set {name} addrgenmode none\nlink set {peer} addrgenmode none\n\
+         link set {name} up\nlink set {peer} up\n"
+    );
+    batch(ns, &script);
+    nl_link(ns, name).expect("parent").index as u64
+}
+
+/// Run `ip -n <ns> -batch -` on `script`, panicking on failure.
+pub fn batch(ns: &Netns, script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ip -batch");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip -batch {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A netlink socket in `ns`, for reading kernel state without spawning `ip`.
+pub fn nl(ns: &Netns) -> Nl {
+    let f = NsFile::open(ns.path.to_str().unwrap()).expect("open netns");
+    Nl::open_in(&f).expect("netlink socket")
+}
+
+/// `name` in `ns`, read in-process.
+pub fn nl_link(ns: &Netns, name: &str) -> Option<Link> {
+    nl(ns).link(LinkId::Name(name)).expect("link lookup")
+}
+
+/// Does `ifname` in `ns` carry `cidr`? (in-process)
+pub fn has_ip(ns: &Netns, ifname: &str, cidr: &str) -> bool {
+    let nl = nl(ns);
+    let Some(l) = nl.link(LinkId::Name(ifname)).unwrap() else {
+        return false;
+    };
+    let want: ipnet::IpNet = cidr.parse().unwrap();
+    nl.addrs(l.index, None)
+        .unwrap()
+        .iter()
+        .any(|a| a.net == want)
 }
 
 /// A default route in `ns` through `dev` (for master auto-detection).
@@ -72,19 +122,37 @@ pub fn reservations_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Everything a call could have changed: both namespaces' links (with kind data and
-/// promiscuity, which passthru changes on the parent), addresses and routes, and the
-/// IPAM reservations. (host-local's lock file may appear, as with the reference.)
+/// Everything a call could have changed: both namespaces' links (kind, kind data,
+/// parent, flags, promiscuity, which passthru changes on the parent, ...), addresses
+/// and routes of every table, and the IPAM reservations. Read in-process (no `ip`
+/// processes: they are slow in the VM). host-local's lock file may appear, as with
+/// the reference.
 pub fn snapshot(rig: &Rig) -> String {
     let mut s = String::new();
     for ns in [&rig.host, &rig.cont] {
-        for args in [
-            &["-d", "link", "show"][..],
-            &["addr", "show"][..],
-            &["-4", "route", "show", "table", "all"][..],
-            &["-6", "route", "show", "table", "all"][..],
-        ] {
-            s.push_str(&ns.ip(args));
+        let nl = nl(ns);
+        let mut links = nl.links().unwrap();
+        links.sort_by_key(|l| l.index);
+        for l in &links {
+            s.push_str(&format!("{l:?}\n"));
+            let mut addrs: Vec<String> = nl
+                .addrs(l.index, None)
+                .unwrap()
+                .iter()
+                .map(|a| format!("  {a:?}\n"))
+                .collect();
+            addrs.sort();
+            s.extend(addrs);
+        }
+        for v6 in [false, true] {
+            let mut r: Vec<String> = nl
+                .routes(v6, 0)
+                .unwrap()
+                .iter()
+                .map(|r| format!("{r:?}\n"))
+                .collect();
+            r.sort();
+            s.extend(r);
         }
     }
     s.push_str(&format!("{:?}", reservations_under(&rig.data_dir())));
@@ -190,26 +258,48 @@ pub fn link_state(ns: &Netns, ifname: &str, parent_index: u64) -> Value {
     l
 }
 
-/// The global addresses of `ifname` (family, local, prefixlen, scope, broadcast).
-pub fn addr_state(ns: &Netns, ifname: &str) -> Vec<Value> {
-    addrs(ns, ifname)
-        .into_iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| {
-            json!({"family": a["family"], "local": a["local"], "prefixlen": a["prefixlen"],
-                   "broadcast": a["broadcast"]})
-        })
-        .collect()
+/// The global addresses of `ifname` (in-process).
+pub fn addr_state(ns: &Netns, ifname: &str) -> Vec<String> {
+    let nl = nl(ns);
+    let Some(l) = nl.link(LinkId::Name(ifname)).unwrap() else {
+        return vec![];
+    };
+    let mut v: Vec<String> = nl
+        .addrs(l.index, None)
+        .unwrap()
+        .iter()
+        .filter(|a| a.is_global_unicast())
+        .map(|a| format!("{} scope {} flags {:#x}", a.net, a.scope, a.flags))
+        .collect();
+    v.sort();
+    v
 }
 
-/// Main-table routes of the container, both families, without link-local ones.
-pub fn route_state(ns: &Netns) -> Vec<Value> {
-    let mut v = routes(ns, false);
-    v.extend(
-        routes(ns, true)
-            .into_iter()
-            .filter(|r| !r["dst"].as_str().unwrap_or("").starts_with("fe80")),
-    );
+/// Main-table routes of the container, both families, without link-local ones, with
+/// the output device by name (in-process).
+pub fn route_state(ns: &Netns) -> Vec<String> {
+    let nl = nl(ns);
+    let names: std::collections::HashMap<u32, String> = nl
+        .links()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    let mut v = Vec::new();
+    for v6 in [false, true] {
+        for mut r in nl
+            .routes(v6, cnibox::netlink::route::RT_TABLE_MAIN)
+            .unwrap()
+        {
+            if r.dst.addr().is_ipv6() && r.dst.to_string().starts_with("fe80") {
+                continue;
+            }
+            let dev = names.get(&r.oif).cloned().unwrap_or_default();
+            r.oif = 0;
+            v.push(format!("{r:?} dev {dev}"));
+        }
+    }
+    v.sort();
     v
 }
 
@@ -249,7 +339,7 @@ pub fn need_kernel(kind: &str, args: &[&str]) -> bool {
 /// Nothing of an attachment left: no `ifname` in the container, no reservation.
 pub fn assert_gone(rig: &Rig, ifname: &str, what: &str) {
     assert!(
-        link(&rig.cont, ifname).is_none(),
+        nl_link(&rig.cont, ifname).is_none(),
         "{what}: {ifname} left in the container"
     );
     assert!(
@@ -269,18 +359,22 @@ pub fn for_rig(conf: &Value, rig: &Rig) -> Value {
 }
 
 /// The differential core: ADD `conf` through cnibox in `a` and through Go v1.9.1 in `b`
-/// (each rig has a parent `p0`, in its host or container netns per `parent_in_cont`)
-/// and compare the normalised results, the container link, addresses, routes and
-/// reservations; then CHECK each with the other's implementation (for versions that
-/// have CHECK), and DEL each with the other's: nothing may be left. `extra_check`
-/// looks at both rigs after ADD.
-pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
-    let a = Rig::new();
-    let b = Rig::new();
-    let pa = parent(if parent_in_cont { &a.cont } else { &a.host }, "p0");
-    let pb = parent(if parent_in_cont { &b.cont } else { &b.host }, "p0");
-    let ca = for_rig(conf, &a);
-    let cb = for_rig(conf, &b);
+/// (each rig has a parent `p0`, in its host or container netns per `parent_in_cont`,
+/// made here when missing) and compare the normalised results, the container link,
+/// addresses, routes and reservations; then CHECK each with the other's implementation
+/// (for versions that have CHECK), and DEL each with the other's: nothing may be left,
+/// so the rigs can be used for the next config.
+pub fn differential_in(a: &Rig, b: &Rig, conf: &Value, plugin: &str, parent_in_cont: bool) {
+    let ensure_parent = |r: &Rig| {
+        let ns = if parent_in_cont { &r.cont } else { &r.host };
+        match nl_link(ns, "p0") {
+            Some(l) => l.index as u64,
+            None => parent(ns, "p0"),
+        }
+    };
+    let (pa, pb) = (ensure_parent(a), ensure_parent(b));
+    let ca = for_rig(conf, a);
+    let cb = for_rig(conf, b);
     let ours = a.call(plugin, "ADD", &ca).run();
     let theirs = b.call(plugin, "ADD", &cb).go().run();
     let (ours, theirs) = (ours.ok().clone(), theirs.ok().clone());
@@ -290,7 +384,7 @@ pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
             .replace(rig.cont.path.to_str().unwrap(), "<netns>");
         serde_json::from_str::<Value>(&s).unwrap()
     };
-    assert_eq!(norm(&ours, &a), norm(&theirs, &b), "result of {conf}");
+    assert_eq!(norm(&ours, a), norm(&theirs, b), "result of {conf}");
     assert_eq!(
         link_state(&a.cont, "eth0", pa),
         link_state(&b.cont, "eth0", pb),
@@ -308,9 +402,9 @@ pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
     );
     // The MAC in the result is the link's (0.1.0/0.2.0 results have no interfaces).
     if ours.get("interfaces").is_some() {
-        let mac = link(&a.cont, "eth0").unwrap()["address"].clone();
+        let mac = nl_link(&a.cont, "eth0").unwrap().mac;
         let ifs = ours["interfaces"].as_array().unwrap();
-        assert_eq!(ifs.last().unwrap()["mac"], mac, "{ours}");
+        assert_eq!(ifs.last().unwrap()["mac"], mac.as_str(), "{ours}");
     }
 
     let version = conf["cniVersion"].as_str().unwrap_or("0.1.0");
@@ -323,17 +417,22 @@ pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
     }
     let out = a.call(plugin, "DEL", &with_prev(&ca, &ours)).go().run();
     assert_eq!(out.code, 0, "Go DEL of cnibox's ADD: {}", out.stdout);
-    assert_gone(&a, "eth0", "Go DEL of cnibox's ADD");
+    assert_gone(a, "eth0", "Go DEL of cnibox's ADD");
     let out = b.call(plugin, "DEL", &with_prev(&cb, &theirs)).run();
     assert_eq!(out.code, 0, "cnibox DEL of Go's ADD: {}", out.stdout);
-    assert_gone(&b, "eth0", "cnibox DEL of Go's ADD");
+    assert_gone(b, "eth0", "cnibox DEL of Go's ADD");
     // The parent is untouched by the whole round trip.
     let ns = |r: &Rig| {
         if parent_in_cont {
-            link(&r.cont, "p0")
+            nl_link(&r.cont, "p0")
         } else {
-            link(&r.host, "p0")
+            nl_link(&r.host, "p0")
         }
     };
-    assert!(ns(&a).is_some() && ns(&b).is_some());
+    assert!(ns(a).is_some() && ns(b).is_some());
+}
+
+/// [`differential_in`] in two fresh rigs.
+pub fn differential(conf: &Value, plugin: &str, parent_in_cont: bool) {
+    differential_in(&Rig::new(), &Rig::new(), conf, plugin, parent_in_cont);
 }
