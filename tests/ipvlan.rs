@@ -390,3 +390,34 @@ fn gc_and_status_go_to_ipam() {
         assert_eq!(out.code, 0, "{cmd}: {}", out.stdout);
     }
 }
+
+/// The link builder on its own: ipvlan mode and flags, created from the host socket
+/// directly into another namespace, read back typed.
+#[test]
+fn netlink_builder_ipvlan() {
+    if !need_ipvlan() {
+        return;
+    }
+    use cnibox::netlink::link::{Ipvlan, NewLink, IPVLAN_F_PRIVATE};
+    use std::os::fd::AsFd;
+    let host = Netns::new("h");
+    let cont = Netns::new("c");
+    let p0 = parent(&host, "p0") as u32;
+    let cf = cnibox::netns::Netns::open(cont.path.to_str().unwrap()).unwrap();
+    let data = Ipvlan {
+        mode: IpvlanMode::L3s,
+        flags: IPVLAN_F_PRIVATE,
+    };
+    nl(&host)
+        .create_link(
+            &NewLink::typed("i0", KindData::Ipvlan(data.clone()))
+                .parent(p0)
+                .mtu(1300)
+                .netns(cf.file.as_fd()),
+        )
+        .unwrap();
+    let l = nl_link(&cont, "i0").expect("i0 in the target netns");
+    assert_eq!((l.kind.as_str(), l.mtu, l.link), ("ipvlan", 1300, p0));
+    assert_eq!(l.info, Some(KindData::Ipvlan(data)));
+    assert!(nl_link(&host, "i0").is_none());
+}

@@ -437,3 +437,45 @@ fn gc_and_status() {
     no_ipam.as_object_mut().unwrap().remove("ipam");
     assert_eq!(rig.call("vlan", "STATUS", &no_ipam).run().err_code(), 7);
 }
+
+/// The link builder on its own, for the kinds this file's kernel has: an 802.1ad VLAN
+/// with txqlen made from the host socket in another namespace, a VRF with its table
+/// and an ifb, each read back typed.
+#[test]
+fn netlink_builder_vlan_vrf_ifb() {
+    if !need_vlan() {
+        return;
+    }
+    use cnibox::netlink::link::NewLink;
+    use std::os::fd::AsFd;
+    let host = Netns::new("h");
+    let cont = Netns::new("c");
+    let p0 = parent(&host, "p0") as u32;
+    let cf = cnibox::netns::Netns::open(cont.path.to_str().unwrap()).unwrap();
+    let data = Vlan {
+        id: 4094,
+        protocol: VlanProtocol::Dot1Ad,
+    };
+    nl(&host)
+        .create_link(
+            &NewLink::typed("v0", KindData::Vlan(data.clone()))
+                .parent(p0)
+                .txqlen(77)
+                .netns(cf.file.as_fd()),
+        )
+        .unwrap();
+    let l = nl_link(&cont, "v0").expect("v0 in the target netns");
+    assert_eq!((l.kind.as_str(), l.txqlen, l.link), ("vlan", 77, p0));
+    assert_eq!(l.info, Some(KindData::Vlan(data)));
+    let cnl = nl(&cont);
+    cnl.create_link(&NewLink::typed("vrf0", KindData::Vrf { table: 1001 }))
+        .unwrap();
+    assert_eq!(
+        nl_link(&cont, "vrf0").unwrap().info,
+        Some(KindData::Vrf { table: 1001 })
+    );
+    cnl.create_link(&NewLink::typed("ifb0", KindData::Ifb))
+        .unwrap();
+    let ifb = nl_link(&cont, "ifb0").unwrap();
+    assert_eq!((ifb.kind.as_str(), ifb.info), ("ifb", Some(KindData::Ifb)));
+}
