@@ -597,11 +597,6 @@ impl Nl {
         ns.run(Nl::open)
     }
 
-    /// The underlying socket (to adjust its timeout in tests).
-    pub fn socket(&self) -> &Socket {
-        &self.sock
-    }
-
     /// Send one request and collect its replies (the payloads of a dump, or of a GET,
     /// or nothing for an acked change). `op` names the operation for error messages.
     pub fn request<P>(

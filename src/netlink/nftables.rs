@@ -1,7 +1,8 @@
-//! nf_tables over nfnetlink, on the shared netlink transport ([`super::Socket`]: bounded
-//! receives, checked sequence numbers, retried dumps): the few objects the plugins need (tables,
-//! chains, rules built from meta/payload/cmp/bitwise/immediate/masq expressions, rule
-//! comments), sent as one atomic batch, and rule listing by chain.
+//! nf_tables over nfnetlink: the few objects the plugins need (tables, chains, rules
+//! built from meta/payload/cmp/bitwise/immediate/masq expressions, rule comments), sent
+//! as one atomic batch, and rule listing by chain. Both go through the shared transport
+//! ([`super::Socket`]: bounded receives, checked sequence numbers, retried dumps,
+//! extended acks), and an error names the attribute the kernel blamed.
 //!
 //! Rules are encoded exactly as `nft` encodes the same text (compare
 //! `nft --debug=netlink`), so `nft list ruleset` prints them identically and the Go
