@@ -4,9 +4,11 @@
 //!
 //! Every change is one batch: an nf_tables transaction sent natively over nfnetlink
 //! (`crate::netlink::nftables`, no `nft` process), or one
-//! `iptables-restore --noflush --wait` per family. Finding existing rules costs one read
-//! (an nf_tables rule dump, or `iptables-save -t nat`). The iptables scripts are pure
-//! code, tested without root; only [`run`] executes tools.
+//! `iptables-restore --noflush --wait 5` per family. Finding existing rules costs one
+//! read (an nf_tables rule dump, or `iptables-save -t nat`). The iptables scripts are
+//! pure code, tested without root; only [`run`] executes tools, and nothing waits
+//! forever: the xtables lock for [`XTABLES_WAIT_SECS`], a tool for [`EXEC_DEADLINE`],
+//! the kernel for [`crate::netlink::RECV_TIMEOUT`]; past that, CNI code 11.
 
 pub mod ipmasq;
 pub mod spoofcheck;

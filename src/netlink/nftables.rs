@@ -76,22 +76,22 @@ const NFT_REG_1: u32 = 1;
 /// One expression of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expr {
-    /// meta load <key> => reg 1 (15 = nfproto, 6 = iifname)
+    /// `meta load <key> => reg 1` (15 = nfproto, 6 = iifname)
     Meta(u32),
-    /// payload load <len>b @ <base> header + <offset> => reg 1 (base 0 = link, 1 = network)
+    /// `payload load <len>b @ <base> header + <offset> => reg 1` (base 0 = link, 1 = network)
     Payload {
         base: u32,
         offset: u32,
         len: u32,
     },
-    /// cmp <eq|neq> reg 1 <data>
+    /// `cmp <eq|neq> reg 1 <data>`
     Cmp {
         neq: bool,
         data: Vec<u8>,
     },
     /// bitwise reg 1 = (reg 1 & mask) ^ 0
     Mask(Vec<u8>),
-    /// immediate reg 0 <verdict> [-> chain]
+    /// `immediate reg 0 <verdict> [-> chain]`
     Verdict(i32, Option<String>),
     Masq,
 }
