@@ -1,25 +1,22 @@
-//! nf_tables over nfnetlink, on neli's socket: the few objects the plugins need (tables,
-//! chains, rules built from meta/payload/cmp/bitwise/immediate/masq expressions, rule
-//! comments), sent as one atomic batch, and rule listing by chain.
+//! nf_tables over nfnetlink: the few objects the plugins need (tables, chains, rules
+//! built from meta/payload/cmp/bitwise/immediate/masq expressions, rule comments), sent
+//! as one atomic batch, and rule listing by chain. Both go through the shared transport
+//! ([`super::Socket`]: bounded receives, checked sequence numbers, retried dumps,
+//! extended acks), and an error names the attribute the kernel blamed.
 //!
 //! Rules are encoded exactly as `nft` encodes the same text (compare
 //! `nft --debug=netlink`), so `nft list ruleset` prints them identically and the Go
 //! plugins (which read rules back through `nft -j`) find and delete them.
 //! nf_tables integers are big-endian on the wire.
 
-use super::{attr, cstr, NlError};
-use anyhow::{anyhow, bail, Result};
-use neli::consts::nl::{NlmF, Nlmsg};
+use super::{attr, cstr, frame, Expect, Socket};
+use anyhow::{anyhow, Result};
 use neli::consts::socket::NlFamily;
-use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
 use neli::rtnl::Rtattr;
-use neli::socket::synchronous::NlSocketHandle;
 use neli::types::Buffer;
-use neli::utils::Groups;
 use neli::ToBytes;
 use std::io::Cursor;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -79,22 +76,22 @@ const NFT_REG_1: u32 = 1;
 /// One expression of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expr {
-    /// meta load <key> => reg 1 (15 = nfproto, 6 = iifname)
+    /// `meta load <key> => reg 1` (15 = nfproto, 6 = iifname)
     Meta(u32),
-    /// payload load <len>b @ <base> header + <offset> => reg 1 (base 0 = link, 1 = network)
+    /// `payload load <len>b @ <base> header + <offset> => reg 1` (base 0 = link, 1 = network)
     Payload {
         base: u32,
         offset: u32,
         len: u32,
     },
-    /// cmp <eq|neq> reg 1 <data>
+    /// `cmp <eq|neq> reg 1 <data>`
     Cmp {
         neq: bool,
         data: Vec<u8>,
     },
     /// bitwise reg 1 = (reg 1 & mask) ^ 0
     Mask(Vec<u8>),
-    /// immediate reg 0 <verdict> [-> chain]
+    /// `immediate reg 0 <verdict> [-> chain]`
     Verdict(i32, Option<String>),
     Masq,
 }
@@ -384,73 +381,84 @@ impl Batch {
         self.msgs.is_empty()
     }
 
-    /// Send the batch in one `sendmsg` and wait for every message's ack.
+    /// Send the batch in one `send` and wait for every message's ack (bounded by
+    /// [`super::RECV_TIMEOUT`]); the first error fails the whole batch, and the kernel
+    /// then applied none of it.
     pub fn commit(self, what: &str) -> Result<()> {
         if self.msgs.is_empty() {
             return Ok(());
         }
-        let sock = socket()?;
-        let mut buf = Vec::new();
-        let mut seq = 1u32;
-        let mut frame = |ty: u16, flags: u16, p: Buffer, seq: u32| -> Result<()> {
-            let m = NlmsghdrBuilder::default()
-                .nl_type(ty)
-                .nl_flags(NlmF::from(flags) | NlmF::REQUEST)
-                .nl_seq(seq)
-                .nl_payload(NlPayload::Payload(p))
-                .build()
-                .map_err(|e| anyhow!("cannot build nfnetlink message: {e}"))?;
-            let mut c = Cursor::new(Vec::new());
-            m.to_bytes(&mut c)
-                .map_err(|e| anyhow!("cannot encode nfnetlink message: {e}"))?;
-            buf.extend_from_slice(c.get_ref());
-            Ok(())
-        };
-        let subsys = Buffer::from(vec![0, 0, 0, NFNL_SUBSYS_NFTABLES as u8]);
-        frame(NFNL_MSG_BATCH_BEGIN, 0, subsys.clone(), seq)?;
+        let sock = Socket::open(NlFamily::Netfilter)
+            .map_err(|e| anyhow!("{what}: cannot open an nfnetlink socket: {e:#}"))?;
         let n = self.msgs.len() as u32;
-        for (ty, flags, p) in self.msgs {
-            seq += 1;
-            frame(ty, flags | libc::NLM_F_ACK as u16, p, seq)?;
-        }
-        frame(NFNL_MSG_BATCH_END, 0, subsys, seq + 1)?;
-        // One sendmsg: the kernel applies a batch only if it arrives whole.
-        let sent = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        if sent < 0 || sent as usize != buf.len() {
-            bail!(
-                "{what}: failed to send the nf_tables batch: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let mut acked = 0;
-        while acked < n {
-            let (iter, _) = sock
-                .recv::<u16, Buffer>()
-                .map_err(|e| anyhow!("{what}: netlink receive failed: {e}"))?;
-            for m in iter {
-                let m: Nlmsghdr<u16, Buffer> =
-                    m.map_err(|e| anyhow!("{what}: bad netlink reply: {e}"))?;
-                match m.nl_payload() {
-                    NlPayload::Ack(_) => acked += 1,
-                    NlPayload::Err(e) => {
-                        return Err(NlError {
-                            op: what.to_string(),
-                            errno: -*e.error(),
-                            ext: String::new(),
-                        }
-                        .into());
-                    }
-                    _ => {}
-                }
+        // The first sequence number, for `blame` to find the message an error is about.
+        let start = std::cell::Cell::new(0u32);
+        let build = |first: u32| -> Result<Vec<u8>> {
+            start.set(first);
+            let subsys = [0, 0, 0, NFNL_SUBSYS_NFTABLES as u8];
+            let req = libc::NLM_F_REQUEST as u16;
+            let mut buf = frame(NFNL_MSG_BATCH_BEGIN, req, first, &subsys);
+            for (i, (ty, flags, p)) in self.msgs.iter().enumerate() {
+                let flags = flags | req | libc::NLM_F_ACK as u16;
+                buf.extend(frame(*ty, flags, first + 1 + i as u32, p.as_ref()));
             }
-        }
+            buf.extend(frame(NFNL_MSG_BATCH_END, req, first + n + 1, &subsys));
+            Ok(buf)
+        };
+        let op = || what.to_string();
+        let blame = |seq: u32, offset: u32| {
+            let i = seq.wrapping_sub(start.get()).checked_sub(1)?;
+            let (ty, _, p) = self.msgs.get(i as usize)?;
+            blamed_attr(*ty & 0xff, p.as_ref(), offset)
+        };
+        sock.exchange_blaming(Expect::Batch(n), &build, &op, &blame)?;
         Ok(())
     }
 }
 
-fn socket() -> Result<NlSocketHandle> {
-    NlSocketHandle::connect(NlFamily::Netfilter, None, Groups::empty())
-        .map_err(|e| anyhow!("failed to open an nfnetlink socket: {e}"))
+/// Name the top-level attribute of a batch message (type `msg`, nfgenmsg + attributes
+/// in `payload`) that starts `offset` bytes into the message, with its value when it is
+/// a name: "chain \"cni-br-iface-...\"". The kernel points there for most nf_tables
+/// errors (a missing table or chain: plain ENOENT otherwise).
+fn blamed_attr(msg: u16, payload: &[u8], offset: u32) -> Option<String> {
+    // offset counts from the nlmsghdr (16 bytes), then the nfgenmsg (4 bytes)
+    let mut at = (offset as usize).checked_sub(16 + 4)?;
+    let mut rest = payload.get(4..)?;
+    while rest.len() >= 4 {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let padded = ((len + 3) & !3).min(rest.len());
+        if at < padded {
+            let value = &rest[4..len];
+            let name = match (msg, ty) {
+                (NFT_MSG_NEWTABLE, NFTA_TABLE_NAME) => "table",
+                (NFT_MSG_NEWCHAIN | NFT_MSG_DELCHAIN, NFTA_CHAIN_TABLE) => "table",
+                (NFT_MSG_NEWCHAIN | NFT_MSG_DELCHAIN, NFTA_CHAIN_NAME) => "chain",
+                (NFT_MSG_NEWCHAIN, NFTA_CHAIN_HOOK) => return Some("chain hook".into()),
+                (NFT_MSG_NEWCHAIN, NFTA_CHAIN_TYPE) => "chain type",
+                (NFT_MSG_NEWRULE | NFT_MSG_DELRULE, NFTA_RULE_TABLE) => "table",
+                (NFT_MSG_NEWRULE | NFT_MSG_DELRULE, NFTA_RULE_CHAIN) => "chain",
+                (NFT_MSG_DELRULE, NFTA_RULE_HANDLE) if value.len() == 8 => {
+                    let mut h = [0u8; 8];
+                    h.copy_from_slice(value);
+                    return Some(format!("rule handle {}", u64::from_be_bytes(h)));
+                }
+                (NFT_MSG_NEWRULE, NFTA_RULE_EXPRESSIONS) => return Some("rule expressions".into()),
+                _ => return Some(format!("attribute {ty}")),
+            };
+            let mut v = cstr(value);
+            if v.chars().count() > 64 {
+                v = v.chars().take(61).collect::<String>() + "...";
+            }
+            return Some(format!("{name} {v:?}"));
+        }
+        at -= padded;
+        rest = &rest[padded..];
+    }
+    None
 }
 
 /// A rule read back from the kernel.
@@ -474,71 +482,49 @@ pub fn list_rules(family: u8, table: &str, chain: &str) -> Result<Vec<(u64, Stri
 
 /// The rules of `table`/`chain`, or `None` if the chain (or table) does not exist.
 pub fn dump_rules(family: u8, table: &str, chain: &str) -> Result<Option<Vec<RuleInfo>>> {
-    let sock = socket()?;
+    let sock = Socket::open(NlFamily::Netfilter)?;
     let p = payload(
         family,
         &[attr(NFTA_RULE_TABLE, table)?, attr(NFTA_RULE_CHAIN, chain)?],
     )?;
-    let m = NlmsghdrBuilder::default()
-        .nl_type((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE)
-        .nl_flags(NlmF::REQUEST | NlmF::DUMP)
-        .nl_seq(1)
-        .nl_payload(NlPayload::Payload(p))
-        .build()
-        .map_err(|e| anyhow!("cannot build nfnetlink message: {e}"))?;
-    sock.send(&m)
-        .map_err(|e| anyhow!("failed to list nf_tables rules: {e}"))?;
-    let mut out = Vec::new();
-    loop {
-        let (iter, _) = sock
-            .recv::<u16, Buffer>()
-            .map_err(|e| anyhow!("failed to list nf_tables rules: {e}"))?;
-        for m in iter {
-            let m: Nlmsghdr<u16, Buffer> = m.map_err(|e| anyhow!("bad netlink reply: {e}"))?;
-            if *m.nl_type() == u16::from(Nlmsg::Done) {
-                return Ok(Some(out));
+    let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    let op = || format!("failed to list the nf_tables rules of {table} {chain}");
+    let items = match sock.exchange(
+        Expect::Dump,
+        &|seq| Ok(frame(ty, flags, seq, p.as_ref())),
+        &op,
+    ) {
+        Ok(items) => items,
+        Err(e) if super::is_errno(&e, libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(items.iter().map(|b| parse_rule(b)).collect()))
+}
+
+/// A NEWRULE message of a dump: nfgenmsg, then the rule's attributes.
+fn parse_rule(bytes: &[u8]) -> RuleInfo {
+    let mut r = RuleInfo::default();
+    for (ty, v) in super::parse_nested(bytes.get(4..).unwrap_or(&[])) {
+        match ty {
+            NFTA_RULE_HANDLE if v.len() == 8 => {
+                r.handle = u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]])
             }
-            match m.nl_payload() {
-                NlPayload::Err(e) if -*e.error() == libc::ENOENT => return Ok(None),
-                NlPayload::Err(e) => {
-                    return Err(NlError {
-                        op: format!("failed to list rules of {table} {chain}"),
-                        errno: -*e.error(),
-                        ext: String::new(),
+            NFTA_RULE_USERDATA => r.comment = udata_comment(v),
+            NFTA_RULE_EXPRESSIONS => {
+                for (_, elem) in super::parse_nested(v) {
+                    let name = super::parse_nested(elem)
+                        .into_iter()
+                        .find(|(t, _)| *t == NFTA_EXPR_NAME);
+                    if let Some((_, n)) = name {
+                        r.exprs.push(cstr(n));
                     }
-                    .into())
                 }
-                NlPayload::Payload(b) => {
-                    let bytes: &[u8] = b.as_ref();
-                    let mut r = RuleInfo::default();
-                    for (ty, v) in super::parse_nested(bytes.get(4..).unwrap_or(&[])) {
-                        match ty {
-                            NFTA_RULE_HANDLE if v.len() == 8 => {
-                                r.handle = u64::from_be_bytes([
-                                    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                                ])
-                            }
-                            NFTA_RULE_USERDATA => r.comment = udata_comment(v),
-                            NFTA_RULE_EXPRESSIONS => {
-                                for (_, elem) in super::parse_nested(v) {
-                                    let name = super::parse_nested(elem)
-                                        .into_iter()
-                                        .find(|(t, _)| *t == NFTA_EXPR_NAME);
-                                    if let Some((_, n)) = name {
-                                        r.exprs.push(cstr(n));
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    out.push(r);
-                }
-                NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(Some(out)),
-                NlPayload::Ack(_) => {}
             }
+            _ => {}
         }
     }
+    r
 }
 
 #[cfg(test)]
