@@ -5,6 +5,8 @@
 //! `cnibox` on its own offers `--list`, `--install DIR`, `--help` and `--version`.
 //! Plugin applets never see clap: every CNI failure must stay a JSON error object.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;

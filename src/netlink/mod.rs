@@ -378,26 +378,13 @@ impl Socket {
 
     /// Change the receive timeout (tests; [`RECV_TIMEOUT`] otherwise).
     pub fn set_timeout(&self, d: Duration) -> Result<()> {
-        let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: a valid fd and a timeval that lives across the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            anyhow::bail!(
-                "failed to set the netlink receive timeout: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+        let tv = nix::sys::time::TimeVal::new(
+            d.as_secs() as libc::time_t,
+            d.subsec_micros() as libc::suseconds_t,
+        );
+        setsockopt(&borrow_fd(&self.sock), ReceiveTimeout, &tv)
+            .map_err(|e| anyhow::anyhow!("failed to set the netlink receive timeout: {e}"))?;
         self.timeout.set(d);
         Ok(())
     }
@@ -442,17 +429,17 @@ impl Socket {
 
     fn send(&self, msg: &[u8], op: &dyn Fn() -> String) -> Result<()> {
         loop {
-            // SAFETY: the pointer and length describe `msg`.
-            let sent =
-                unsafe { libc::send(self.sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-            if sent >= 0 && sent as usize == msg.len() {
-                return Ok(());
+            use nix::sys::socket::{send, MsgFlags};
+            match send(self.sock.as_raw_fd(), msg, MsgFlags::empty()) {
+                Ok(n) if n == msg.len() => return Ok(()),
+                Ok(n) => anyhow::bail!(
+                    "{}: netlink send failed: {n} of {} bytes sent",
+                    op(),
+                    msg.len()
+                ),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => anyhow::bail!("{}: netlink send failed: {e}", op()),
             }
-            let err = std::io::Error::last_os_error();
-            if sent < 0 && err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            anyhow::bail!("{}: netlink send failed: {err}", op());
         }
     }
 
@@ -501,7 +488,7 @@ impl Socket {
         let fd = self.sock.as_raw_fd();
         loop {
             // Peek with MSG_TRUNC for the datagram's real size, so nothing is cut off.
-            let n = recv_from(fd, buf, libc::MSG_PEEK | libc::MSG_TRUNC);
+            let n = recv_from(fd, buf, true);
             let n = match n {
                 Ok((n, _)) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -522,7 +509,7 @@ impl Socket {
             if n > buf.len() {
                 buf.resize(n, 0);
             }
-            match recv_from(fd, buf, 0) {
+            match recv_from(fd, buf, false) {
                 Ok((n, sender)) => return Ok((sender == 0).then_some(n)),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => anyhow::bail!("{}: netlink receive failed: {e}", op()),
@@ -558,25 +545,25 @@ fn retry_interrupted(
     ))
 }
 
-/// `recvfrom` on a netlink socket: (length, sender's port id).
-fn recv_from(fd: RawFd, buf: &mut [u8], flags: i32) -> std::io::Result<(usize, u32)> {
-    // SAFETY: zeroed sockaddr_nl is valid; the kernel writes at most `len` bytes.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            flags,
-            (&mut addr as *mut libc::sockaddr_nl).cast(),
-            &mut len,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
+/// The socket's fd as a borrowed fd, for nix's socket options. neli exposes only
+/// `AsRawFd`; this is the crate's one `unsafe` block.
+#[allow(unsafe_code)]
+fn borrow_fd(sock: &NlSocketHandle) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `sock`, which outlives the returned borrow and closes
+    // the fd only when dropped.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) }
+}
+
+/// `recvfrom` on a netlink socket: (length, sender's port id). With `peek`, the
+/// datagram stays queued and the length is its full size (MSG_TRUNC), not what fit.
+fn recv_from(fd: RawFd, buf: &mut [u8], peek: bool) -> std::io::Result<(usize, u32)> {
+    use nix::sys::socket::{recv, recvfrom, MsgFlags, NetlinkAddr};
+    if peek {
+        let n = recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC)?;
+        return Ok((n, 0));
     }
-    Ok((n as usize, addr.nl_pid))
+    let (n, from) = recvfrom::<NetlinkAddr>(fd, buf)?;
+    Ok((n, from.map(|a| a.pid()).unwrap_or(0)))
 }
 
 /// One rtnetlink socket.

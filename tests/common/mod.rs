@@ -8,6 +8,8 @@
 //! (`/usr/lib/cni`). A missing oracle fails the test with a clear message.
 
 #![allow(dead_code)]
+// The one unsafe call: entering the rig's host netns in the child before exec.
+#![allow(unsafe_code)]
 
 use serde_json::Value;
 use std::os::unix::io::AsRawFd;
