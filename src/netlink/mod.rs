@@ -545,6 +545,31 @@ fn retry_interrupted(
     ))
 }
 
+/// Fuzzing entry (fuzz/targets.rs): everything that reads kernel bytes, fed arbitrary
+/// bytes. The first 8 bytes choose the sequence number and port the replies are checked
+/// against; the rest is one datagram, given to each kind of exchange, and each payload
+/// it yields is read as a link, an address, a route and an nf_tables rule.
+#[doc(hidden)]
+pub fn fuzz_reply(data: &[u8]) {
+    let (Some(seq), Some(port), Some(rest)) = (data.get(..4), data.get(4..8), data.get(8..))
+    else {
+        return;
+    };
+    let seq = u32::from_ne_bytes([seq[0], seq[1], seq[2], seq[3]]);
+    let port = u32::from_ne_bytes([port[0], port[1], port[2], port[3]]);
+    for expect in [Expect::Dump, Expect::Ack, Expect::Batch(3)] {
+        let mut r = Replies::new(seq, port, expect);
+        let _ = r.feed(rest);
+        for item in &r.items {
+            link::fuzz_payload(item);
+            addr::fuzz_payload(item);
+            route::fuzz_payload(item);
+            nftables::fuzz_payload(item);
+            let _ = parse_nested(item);
+        }
+    }
+}
+
 /// The socket's fd as a borrowed fd, for nix's socket options. neli exposes only
 /// `AsRawFd`; this is the crate's one `unsafe` block.
 #[allow(unsafe_code)]

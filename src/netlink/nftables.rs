@@ -502,6 +502,12 @@ pub fn dump_rules(family: u8, table: &str, chain: &str) -> Result<Option<Vec<Rul
     Ok(Some(items.iter().map(|b| parse_rule(b)).collect()))
 }
 
+/// Fuzzing: read arbitrary bytes as a rule of a dump (see `netlink::fuzz_reply`).
+#[doc(hidden)]
+pub fn fuzz_payload(b: &[u8]) {
+    let _ = parse_rule(b);
+}
+
 /// A NEWRULE message of a dump: nfgenmsg, then the rule's attributes.
 fn parse_rule(bytes: &[u8]) -> RuleInfo {
     let mut r = RuleInfo::default();
