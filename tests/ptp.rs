@@ -210,8 +210,9 @@ fn del_never_added_and_old_check() {
         json!({}),
         json!([[{"subnet": "10.1.2.0/24"}]]),
     );
-    let out = rig.call("ptp", "CHECK", &old).run();
-    assert!(out.stdout.contains("config version does not allow CHECK"));
+    rig.call("ptp", "CHECK", &old)
+        .run()
+        .fails_with(1, "config version does not allow CHECK");
 }
 
 #[test]
@@ -227,9 +228,9 @@ fn failed_add_leaves_nothing() {
         json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
         json!([[{"subnet": "10.1.2.0/24"}]]),
     );
-    let out = rig.call("ptp", "ADD", &c).run();
-    assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("already exists"), "{}", out.stdout);
+    rig.call("ptp", "ADD", &c)
+        .run()
+        .fails_with(999, "container veth name \"eth0\" already exists");
     assert!(
         reservations(&rig.data_dir().join("ptpnet")).is_empty(),
         "IP released"
@@ -306,15 +307,12 @@ fn masquerade_chain_is_repaired_when_tampered() {
     );
     rig.call("ptp", "ADD", &c).run().ok();
     let post = |rig: &Rig| {
-        let out = rig.host.exec(&[
-            "nft",
-            "list",
-            "chain",
-            "inet",
-            "cni_plugins_masquerade",
-            "postrouting",
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        nft_list(
+            &rig.host,
+            false,
+            &["chain", "inet", "cni_plugins_masquerade", "postrouting"],
+        )
+        .expect("postrouting exists")
     };
     let good = post(&rig);
     assert!(
@@ -328,7 +326,7 @@ fn masquerade_chain_is_repaired_when_tampered() {
         .run()
         .ok();
     assert_eq!(post(&rig), good);
-    rig.host.exec(&[
+    rig.host.run(&[
         "nft",
         "flush",
         "chain",
