@@ -243,53 +243,60 @@ fn failed_add_leaves_nothing() {
 
 #[test]
 fn differential_against_the_reference() {
-    for ranges in [
-        json!([[{"subnet": "10.1.2.0/24"}]]),
-        json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
-    ] {
-        let go = Rig::new();
-        let ours = Rig::new();
-        let gc = conf(
-            &go,
-            "1.0.0",
-            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
-            ranges.clone(),
-        );
-        let oc = conf(
-            &ours,
-            "1.0.0",
-            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
-            ranges.clone(),
-        );
-        let gv = go.call("ptp", "ADD", &gc).go().run().ok().clone();
-        let ov = ours.call("ptp", "ADD", &oc).run().ok().clone();
-        assert_eq!(normalize_result(&gv), normalize_result(&ov));
-        let state = |rig: &Rig| {
-            let mut r: Vec<_> = routes(&rig.cont, false)
-                .into_iter()
-                .chain(routes(&rig.cont, true))
-                .filter(|r| r["protocol"] != "kernel")
-                .map(|r| (r["dst"].clone(), r["gateway"].clone(), r["scope"].clone()))
-                .collect();
-            r.sort_by_key(|x| x.0.to_string());
-            let ipt: Vec<String> = iptables_save(&rig.host, false)
-                .lines()
-                .filter(|l| l.starts_with("-A"))
-                .map(str::to_string)
-                .collect();
-            (r, ipt)
-        };
-        assert_eq!(state(&go), state(&ours));
-        // cross-DEL
-        go.call("ptp", "DEL", &with_prev(&gc, &gv)).run().ok();
-        ours.call("ptp", "DEL", &with_prev(&oc, &ov))
-            .go()
-            .run()
-            .ok();
-        for rig in [&go, &ours] {
-            assert!(link(&rig.cont, "eth0").is_none());
-            assert!(!iptables_save(&rig.host, false).contains("CNI-"));
-            assert!(reservations(&rig.data_dir().join("ptpnet")).is_empty());
+    // The same ADD through Go v1.9.1 and cnibox, with masquerade on either backend, IPv4
+    // and dual stack: same result, same links, addresses and routes on both sides of the
+    // veth, same iptables and ip6tables nat rules, same nftables ruleset. Then each
+    // side's DEL removes what the other ADDed, and nothing is left.
+    for backend in ["iptables", "nftables"] {
+        for ranges in [
+            json!([[{"subnet": "10.1.2.0/24"}]]),
+            json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
+        ] {
+            let go = Rig::new();
+            let ours = Rig::new();
+            let empty = (net_state(&go), fw_state(&go));
+            assert_eq!(empty, (net_state(&ours), fw_state(&ours)));
+            let extra = json!({"ipMasq": true, "ipMasqBackend": backend});
+            let gc = conf(&go, "1.0.0", extra.clone(), ranges.clone());
+            let oc = conf(&ours, "1.0.0", extra.clone(), ranges.clone());
+            let gv = go.call("ptp", "ADD", &gc).go().run().ok().clone();
+            let ov = ours.call("ptp", "ADD", &oc).run().ok().clone();
+            let what = format!("{backend} {ranges}");
+            assert_eq!(normalize_result(&gv), normalize_result(&ov), "{what}");
+            assert_eq!(net_state(&go), net_state(&ours), "{what}");
+            let fw = fw_state(&ours);
+            assert_eq!(fw_state(&go), fw, "{what}");
+            let v6 = ranges.to_string().contains("2001:db8");
+            if backend == "iptables" {
+                assert!(fw.0.iter().any(|r| r.contains("MASQUERADE")), "{fw:?}");
+                assert_eq!(fw.1.iter().any(|r| r.contains("MASQUERADE")), v6, "{fw:?}");
+            } else {
+                assert!(fw
+                    .2
+                    .contains("ip saddr 10.1.2.2 ip daddr != 10.1.2.0/24 masquerade"));
+                assert_eq!(fw.2.contains("ip6 saddr 2001:db8:1::2"), v6, "{}", fw.2);
+            }
+            // cross-DEL
+            go.call("ptp", "DEL", &with_prev(&gc, &gv)).run().ok();
+            ours.call("ptp", "DEL", &with_prev(&oc, &ov))
+                .go()
+                .run()
+                .ok();
+            for (rig, who) in [(&go, "ours after Go"), (&ours, "Go's after ours")] {
+                assert!(link(&rig.cont, "eth0").is_none(), "{who}");
+                assert!(
+                    reservations(&rig.data_dir().join("ptpnet")).is_empty(),
+                    "{who}"
+                );
+                assert_eq!(net_state(rig), empty.0, "{who}: {what}");
+                let (r4, r6, nft) = fw_state(rig);
+                assert!(r4.is_empty() && r6.is_empty(), "{who}: {r4:?} {r6:?}");
+                for v6 in [false, true] {
+                    let save = iptables_save(&rig.host, v6);
+                    assert!(!save.contains("CNI-"), "{who}: chain left: {save}");
+                }
+                assert!(!nft.contains("masquerade comment"), "{who}: {nft}");
+            }
         }
     }
 }

@@ -688,3 +688,76 @@ pub fn bridge_conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
         "ipam": {"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()}});
     merged(base, &extra)
 }
+
+/// The L3 state of one side of a differential, with what legitimately differs between two
+/// runs replaced (random veth names, MACs, IPv6 link-local addresses derived from MACs):
+/// for the host and the container namespace, every link (name, kind, MTU, master,
+/// configured flags), its addresses and both routing tables (main table).
+pub fn net_state(rig: &Rig) -> Value {
+    fn name(s: &Value) -> Value {
+        match s.as_str() {
+            Some(n) if is_random_veth(n) => Value::String("<veth>".into()),
+            _ => s.clone(),
+        }
+    }
+    let side = |ns: &Netns| {
+        let mut ls: Vec<Value> = links(ns)
+            .iter()
+            .map(|l| {
+                let ifname = l["ifname"].as_str().unwrap();
+                let addrs: Vec<Value> = addrs(ns, ifname)
+                    .iter()
+                    .filter(|a| a["scope"] != "link")
+                    .map(|a| {
+                        serde_json::json!([a["family"], a["local"], a["prefixlen"], a["scope"]])
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": name(&l["ifname"]),
+                    "kind": l["linkinfo"]["info_kind"],
+                    "mtu": l["mtu"],
+                    "master": name(&l["master"]),
+                    // Configured flags only: carrier (LOWER_UP, NO-CARRIER) settles
+                    // asynchronously after a veth comes up.
+                    "flags": l["flags"].as_array().unwrap().iter()
+                        .filter(|f| *f != "LOWER_UP" && *f != "NO-CARRIER")
+                        .cloned().collect::<Vec<_>>(),
+                    "addrs": addrs,
+                })
+            })
+            .collect();
+        ls.sort_by_key(|l| l.to_string());
+        let mut rs: Vec<Value> = [false, true]
+            .iter()
+            .flat_map(|v6| routes(ns, *v6))
+            .map(|r| {
+                serde_json::json!([
+                    r["dst"],
+                    r["gateway"],
+                    name(&r["dev"]),
+                    r["scope"],
+                    r["protocol"],
+                    r["prefsrc"],
+                    r["metric"],
+                    r["flags"]
+                ])
+            })
+            .collect();
+        rs.sort_by_key(|r| r.to_string());
+        serde_json::json!({"links": ls, "routes": rs})
+    };
+    serde_json::json!({"host": side(&rig.host), "cont": side(&rig.cont)})
+}
+
+/// The firewall state of a rig's host: iptables and ip6tables nat rules, and the whole
+/// nftables ruleset (without the empty `ip`/`ip6 nat` tables iptables-nft may leave).
+pub fn fw_state(rig: &Rig) -> (Vec<String>, Vec<String>, String) {
+    let nft = nft_ruleset(&rig.host)
+        .replace("table ip nat {\n}\n", "")
+        .replace("table ip6 nat {\n}\n", "");
+    (
+        iptables_rules(&rig.host, false),
+        iptables_rules(&rig.host, true),
+        nft,
+    )
+}
