@@ -749,9 +749,12 @@ pub fn net_state(rig: &Rig) -> Value {
     serde_json::json!({"host": side(&rig.host), "cont": side(&rig.cont)})
 }
 
+/// iptables nat rules, ip6tables nat rules, `nft list ruleset`.
+pub type FwState = (Vec<String>, Vec<String>, String);
+
 /// The firewall state of a rig's host: iptables and ip6tables nat rules, and the whole
 /// nftables ruleset (without the empty `ip`/`ip6 nat` tables iptables-nft may leave).
-pub fn fw_state(rig: &Rig) -> (Vec<String>, Vec<String>, String) {
+pub fn fw_state(rig: &Rig) -> FwState {
     let nft = nft_ruleset(&rig.host)
         .replace("table ip nat {\n}\n", "")
         .replace("table ip6 nat {\n}\n", "");
