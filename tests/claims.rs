@@ -74,7 +74,8 @@ fn nftables_needs_no_nft_binary() {
             &rig,
             "nft",
             &[],
-            &[("nft", &format!("touch {}; exit 1", mark.display()))],
+            // (a shell builtin: PATH holds nothing else)
+            &[("nft", &format!(": > {}; exit 1", mark.display()))],
         );
         let mut extra = json!({"ipMasq": true, "ipMasqBackend": "nftables"});
         if plugin == "bridge" {
@@ -420,6 +421,14 @@ fn l2_result_under_old_versions_refused_before_anything_is_created() {
             "{ver}: Go created the bridge"
         );
     }
+    // A result with no address at all (static with an empty list) has no 0.2.0 form:
+    // an error object, never a half-printed result.
+    let rig = Rig::new();
+    let c = json!({"cniVersion": "0.2.0", "name": "st", "type": "static",
+                   "ipam": {"type": "static", "addresses": []}});
+    rig.call("static", "ADD", &c)
+        .run()
+        .fails_with(1, "cannot convert: no valid IP addresses");
     // host-local refuses two addresses of one family under 0.2.0 before allocating.
     let rig = Rig::new();
     let c = json!({"cniVersion": "0.2.0", "name": "hl", "type": "host-local",
