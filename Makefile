@@ -31,7 +31,7 @@ test-host:
 
 test-vm:
 	@test -x $(VMTEST) || { echo "test-vm: $(VMTEST) not found (needs ../shared)"; exit 1; }
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan -- --test-threads=1
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan -- --include-ignored --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check

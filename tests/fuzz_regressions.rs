@@ -21,7 +21,10 @@ fn replay(target: &str, run: fn(&[u8])) {
             n += 1;
         }
     }
-    assert!(n > 0, "no corpus for fuzz target {target}: fuzz/corpus/{target} is empty");
+    assert!(
+        n > 0,
+        "no corpus for fuzz target {target}: fuzz/corpus/{target} is empty"
+    );
     eprintln!("fuzz target {target}: {n} inputs replayed");
 }
 

@@ -152,19 +152,22 @@ pub fn nft_setup_batch(
     Ok(b)
 }
 
-/// Does `postrouting` hold exactly the expected rules (compared by expression names)?
+/// Does `postrouting` hold exactly the expected rules, by expression and by value? (An
+/// address altered by hand must be put back: it decides what is masqueraded.)
 fn nft_postrouting_ok() -> Result<bool> {
     let Some(have) = nftables::dump_rules(nftables::NFPROTO_INET, NFT_TABLE, "postrouting")? else {
         return Ok(false);
     };
     let want = nft_postrouting_rules()?;
-    Ok(have.len() == want.len()
-        && have.iter().zip(&want).all(|(h, w)| {
-            h.exprs
-                .iter()
-                .map(String::as_str)
-                .eq(w.iter().map(Expr::name))
-        }))
+    if have.len() != want.len() {
+        return Ok(false);
+    }
+    for (h, w) in have.iter().zip(&want) {
+        if !h.is(w)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn nft_rules_with_prefix(prefix: &str) -> Result<Vec<(u64, String)>> {

@@ -551,8 +551,7 @@ fn retry_interrupted(
 /// it yields is read as a link, an address, a route and an nf_tables rule.
 #[doc(hidden)]
 pub fn fuzz_reply(data: &[u8]) {
-    let (Some(seq), Some(port), Some(rest)) = (data.get(..4), data.get(4..8), data.get(8..))
-    else {
+    let (Some(seq), Some(port), Some(rest)) = (data.get(..4), data.get(4..8), data.get(8..)) else {
         return;
     };
     let seq = u32::from_ne_bytes([seq[0], seq[1], seq[2], seq[3]]);

@@ -468,6 +468,79 @@ pub struct RuleInfo {
     pub comment: String,
     /// The expression names in order ("meta", "cmp", ...), for structural checks.
     pub exprs: Vec<String>,
+    /// Per expression, its attribute values (see [`leaves`]), to compare rules by value.
+    pub values: Vec<Vec<Leaf>>,
+}
+
+/// One attribute value inside an expression: the path of attribute types to it, and
+/// its bytes.
+pub type Leaf = (Vec<u16>, Vec<u8>);
+
+/// The values inside `b`, depth first, with their paths. A payload that parses as a
+/// whole list of attributes is a nest and is descended into instead (its own bytes
+/// carry header flags, such as NLA_F_NESTED, that the kernel sets differently from
+/// us); the kernel and we encode the same values the same way, so this needs no
+/// per-expression schema.
+fn leaves(b: &[u8], path: &mut Vec<u16>, out: &mut Vec<Leaf>) {
+    for (ty, v) in super::parse_nested(b) {
+        path.push(ty);
+        if tiles(v) {
+            leaves(v, path, out);
+        } else {
+            out.push((path.clone(), v.to_vec()));
+        }
+        path.pop();
+    }
+}
+
+/// Does `b` consist exactly of well-formed attributes?
+fn tiles(mut b: &[u8]) -> bool {
+    if b.len() < 4 {
+        return false;
+    }
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        if len < 4 || len > b.len() {
+            return false;
+        }
+        b = b.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    b.is_empty()
+}
+
+impl Expr {
+    /// This expression's attribute values, as [`RuleInfo::values`] holds them.
+    fn leaves(&self) -> Result<Vec<Leaf>> {
+        use neli::ToBytes;
+        let mut c = std::io::Cursor::new(Vec::new());
+        self.encode()?
+            .to_bytes(&mut c)
+            .map_err(|e| anyhow::anyhow!("cannot encode an nf_tables expression: {e}"))?;
+        let elem = c.into_inner();
+        // Skip the list element's own header: `values` starts inside it.
+        let mut out = Vec::new();
+        leaves(elem.get(4..).unwrap_or(&[]), &mut Vec::new(), &mut out);
+        Ok(out)
+    }
+}
+
+impl RuleInfo {
+    /// Is this rule `want`, expression by expression, by kind and by value? Attributes
+    /// the kernel adds on its own (defaults it dumps back) do not count against it.
+    pub fn is(&self, want: &[Expr]) -> Result<bool> {
+        if self.exprs.len() != want.len() || self.values.len() != want.len() {
+            return Ok(false);
+        }
+        for ((name, have), w) in self.exprs.iter().zip(&self.values).zip(want) {
+            if name != w.name() {
+                return Ok(false);
+            }
+            if !w.leaves()?.iter().all(|l| have.contains(l)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The rules of `table`/`chain` as (handle, comment). A missing table or chain has no
@@ -524,6 +597,9 @@ fn parse_rule(bytes: &[u8]) -> RuleInfo {
                         .find(|(t, _)| *t == NFTA_EXPR_NAME);
                     if let Some((_, n)) = name {
                         r.exprs.push(cstr(n));
+                        let mut vals = Vec::new();
+                        leaves(elem, &mut Vec::new(), &mut vals);
+                        r.values.push(vals);
                     }
                 }
             }
