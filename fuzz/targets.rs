@@ -80,8 +80,7 @@ pub fn harness(data: &[u8]) {
     let out = skel::run(applet.name, plugin, &env, &mut &stdin[..]);
     // Whatever happened, stdout is a JSON object (result, error or VERSION) or empty.
     if !out.stdout.is_empty() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
         assert!(v.is_object(), "stdout is not an object: {v}");
         if out.exit != 0 {
             assert!(v["code"].is_u64(), "an error without a code: {v}");

@@ -495,6 +495,15 @@ impl Nl {
     }
 }
 
+/// Fuzzing: read arbitrary bytes as a link of a dump (see `netlink::fuzz_reply`).
+#[doc(hidden)]
+pub fn fuzz_payload(b: &[u8]) {
+    use neli::FromBytesWithInput;
+    if let Ok(m) = Ifinfomsg::from_bytes_with_input(&mut std::io::Cursor::new(b), b.len()) {
+        let _ = Link::from_msg(&m);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,14 +516,5 @@ mod tests {
         );
         assert!(parse_mac("0a:58:0a:f4:01").is_err());
         assert!(parse_mac("zz:58:0a:f4:01:05").is_err());
-    }
-}
-
-/// Fuzzing: read arbitrary bytes as a link of a dump (see `netlink::fuzz_reply`).
-#[doc(hidden)]
-pub fn fuzz_payload(b: &[u8]) {
-    use neli::FromBytesWithInput;
-    if let Ok(m) = Ifinfomsg::from_bytes_with_input(&mut std::io::Cursor::new(b), b.len()) {
-        let _ = Link::from_msg(&m);
     }
 }
