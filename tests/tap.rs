@@ -370,11 +370,26 @@ fn failed_add_leaves_no_tap() {
 fn l2_under_old_versions_is_refused_before_anything_exists() {
     let rig = Rig::new();
     let before = snapshot(&rig);
+    // The SELinux stand-in file is a witness: had ADD started, the label would be in it
+    // (the harness would then delete the tap it could not report, so the snapshot
+    // alone cannot tell).
+    let witness = rig.dir.join("attr-exec");
+    std::fs::write(&witness, "").unwrap();
     let out = rig
-        .call("tap", "ADD", &conf(json!({"cniVersion": "0.2.0"})))
+        .call(
+            "tap",
+            "ADD",
+            &conf(json!({"cniVersion": "0.2.0", "selinuxContext": "x"})),
+        )
+        .env("CNIBOX_SELINUX_EXEC_ATTR", witness.to_str().unwrap())
         .run();
     assert_eq!(out.err_code(), 1, "{}", out.stdout);
     assert_eq!(snapshot(&rig), before);
+    assert_eq!(
+        std::fs::read_to_string(&witness).unwrap(),
+        "",
+        "ADD started"
+    );
     // With IPAM it works in every version.
     for ver in ["0.1.0", "0.2.0", "0.3.1", "0.4.0", "1.1.0"] {
         let c = conf_ipam(&rig, json!({"cniVersion": ver}));
