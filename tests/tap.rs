@@ -62,7 +62,7 @@ fn attach_as(rig: &Rig, uid: u32, gid: u32, ifname: &str, mq: bool) -> Result<()
         &format!("--regid={gid}"),
         "--clear-groups",
         "--inh-caps=-all",
-        "/usr/bin/python3.11",
+        "/usr/bin/python3",
         "-c",
         &py,
     ]);
