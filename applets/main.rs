@@ -10,22 +10,29 @@
 use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
+mod dummy;
+#[path = "host-device.rs"]
+mod host_device;
 #[path = "host-local.rs"]
 mod host_local;
 mod loopback;
 mod ptp;
 #[path = "static.rs"]
 mod static_ipam;
+mod tap;
 mod tuning;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
+    dummy::APPLET,
+    host_device::APPLET,
     host_local::APPLET,
     loopback::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,
+    tap::APPLET,
     tuning::APPLET,
 ];
 

@@ -18,5 +18,6 @@ pub mod l3;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+pub mod tap;
 
 pub use anyhow::{Context, Result};

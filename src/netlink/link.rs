@@ -504,6 +504,22 @@ pub fn fuzz_payload(b: &[u8]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// host-device, dummy and tap (issue 18): kept in their own block to ease merging.
+
+impl Nl {
+    /// Remove a link's alias: an empty IFLA_IFALIAS clears it (the kernel stores a
+    /// zero-length alias as none, and stops reporting the attribute).
+    pub fn clear_alias(&self, index: u32) -> Result<()> {
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Ifalias, Buffer::from(Vec::new()))?],
+            "alias",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
