@@ -45,6 +45,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
 use cnibox::cni::types::{shape_of, Shape};
+use cnibox::cni::value::parse_hwaddr;
 use cnibox::cni::{decode, delegate, value, CniResult, Dns, Interface};
 use cnibox::error::{cni_err, Code};
 use cnibox::l3::{self, Rollback};
@@ -148,27 +149,6 @@ fn sysfs_name(key: &str, v: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Go's `net.ParseMAC`: 6, 8 or 20 octets as `xx:xx:..`, `xx-xx-..` or `xxxx.xxxx.xxxx`.
-fn parse_hwaddr(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let (sep, width) = match (b.get(2), b.get(4)) {
-        (Some(b':'), _) => (':', 2),
-        (Some(b'-'), _) => ('-', 2),
-        (_, Some(b'.')) => ('.', 4),
-        _ => return None,
-    };
-    let mut out = Vec::new();
-    for group in s.split(sep) {
-        if group.len() != width || !group.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        for i in (0..width).step_by(2) {
-            out.push(u8::from_str_radix(group.get(i..i + 2)?, 16).ok()?);
-        }
-    }
-    [6, 8, 20].contains(&out.len()).then_some(out)
 }
 
 fn load(ctx: &Ctx) -> Result<Conf> {
