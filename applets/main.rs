@@ -10,6 +10,7 @@
 use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
+mod firewall;
 #[path = "host-local.rs"]
 mod host_local;
 mod loopback;
@@ -22,6 +23,7 @@ mod tuning;
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
+    firewall::APPLET,
     host_local::APPLET,
     loopback::APPLET,
     ptp::APPLET,
