@@ -446,14 +446,8 @@ pub fn ipt_check(s: &Setup, ips: &[IpAddr], t: &FilterTable, tool: &str) -> Resu
             rules.push((PRIV_CHAIN.to_string(), r));
         }
     }
-    if let Some(br) = s.isolating_bridge() {
+    if s.isolating_bridge().is_some() {
         chains.extend([STAGE1, STAGE2]);
-        rules.push(("FORWARD".into(), ipt_stage1_jump()));
-        rules.push((STAGE1.into(), ipt_stage1_bridge(br, s.policy)));
-        if s.policy == Policy::Isolated {
-            rules.push((STAGE1.into(), ipt_stage1_drop(br)));
-        }
-        rules.push((STAGE2.into(), ipt_stage2_drop(br)));
     }
     for c in chains {
         if !t.has_chain(c) {
@@ -465,7 +459,41 @@ pub fn ipt_check(s: &Setup, ips: &[IpAddr], t: &FilterTable, tool: &str) -> Resu
             bail!("expected {c} rule \"{r}\" not found ({tool})");
         }
     }
+    if let Some(br) = s.isolating_bridge() {
+        // Compared without their comments: older plugins (Debian's 1.1.1) wrote
+        // "(ingressPolicy: same-bridge)" on every one, and the rules are the same.
+        let mut iso = vec![
+            ("FORWARD", ipt_stage1_jump()),
+            (STAGE1, ipt_stage1_bridge(br, s.policy)),
+            (STAGE2, ipt_stage2_drop(br)),
+        ];
+        if s.policy == Policy::Isolated {
+            iso.push((STAGE1, ipt_stage1_drop(br)));
+        }
+        for (c, r) in iso {
+            let want = strip_comment(&r);
+            if !t
+                .rules
+                .iter()
+                .any(|(rc, rs)| rc == c && strip_comment(rs) == want)
+            {
+                bail!("expected {c} rule \"{r}\" not found ({tool})");
+            }
+        }
+    }
     Ok(())
+}
+
+/// A rule without its `-m comment --comment "..."` match.
+fn strip_comment(spec: &str) -> String {
+    match spec.find("-m comment --comment \"") {
+        Some(i) => {
+            let rest = &spec[i + "-m comment --comment \"".len()..];
+            let end = rest.find('"').map(|e| e + 1).unwrap_or(rest.len());
+            format!("{}{}", &spec[..i], rest[end..].trim_start())
+        }
+        None => spec.to_string(),
+    }
 }
 
 fn ipt_tools(v6: bool) -> (&'static str, &'static str) {
@@ -1403,6 +1431,41 @@ COMMIT
                 data: b"cbr0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec()
             })
         );
+    }
+
+    #[test]
+    fn isolation_rules_are_checked_without_their_comments() {
+        assert_eq!(
+            strip_comment(&ipt_stage1_bridge("cbr0", Policy::Isolated)),
+            "-i cbr0 ! -o cbr0 -j CNI-ISOLATION-STAGE-2"
+        );
+        assert_eq!(
+            strip_comment("-s 1.2.3.4/32 -j ACCEPT"),
+            "-s 1.2.3.4/32 -j ACCEPT"
+        );
+        // as Debian's 1.1.1 wrote them
+        let debian = AFTER_ISOLATED
+            .replace("(ingressPolicy: isolated)", "(ingressPolicy: same-bridge)")
+            .replace("same-bridge|isolated", "same-bridge");
+        let s = setup(&["10.1.2.3"], Policy::SameBridge);
+        ipt_check(
+            &s,
+            &s.family(false),
+            &FilterTable::parse(&debian),
+            "iptables",
+        )
+        .unwrap();
+        let no_stage2 = debian.replace(
+            "-A CNI-ISOLATION-STAGE-2 -o cbr0",
+            "-A CNI-ISOLATION-STAGE-2 -o cbr9",
+        );
+        let e = ipt_check(
+            &s,
+            &s.family(false),
+            &FilterTable::parse(&no_stage2),
+            "iptables",
+        );
+        assert!(e.unwrap_err().to_string().contains("-o cbr0"));
     }
 
     #[test]
