@@ -447,54 +447,71 @@ fn nftables_accepts_under_a_drop_policy_and_the_policy_is_kept() {
 // ---------------------------------------------------------------------------------------
 // Races, DEL, GC
 
-/// 16 ADDs at once on a fresh host: every one succeeds and the shared chains and jumps
-/// exist once (the Debian plugin fails about one ADD in ten here).
+/// `n` firewall ADDs (distinct containers and addresses) started at the same moment.
+fn parallel_adds(rig: &Rig, extra: &Value, n: usize, debian: bool) -> Vec<CniOut> {
+    let go = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let go = &go;
+                s.spawn(move || {
+                    let ip = format!("10.1.2.{}/24", 10 + i);
+                    let conf = with_prev(
+                        &fw_conf("net1", "1.0.0", extra.clone()),
+                        &prev("1.0.0", "cbr0", &[ip.as_str()]),
+                    );
+                    let mut call = rig.call("firewall", "ADD", &conf).id(&format!("c{i}"));
+                    if debian {
+                        call = call.debian();
+                    }
+                    go.wait();
+                    call.run()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// 16 ADDs at once on a fresh host, several rounds per backend: every one succeeds and
+/// the shared chains, jumps and isolation rules exist once. (Debian's 1.1.1 fails
+/// about one ADD in ten here; printed for comparison, not asserted.)
 #[test]
 fn sixteen_parallel_adds_one_cni_forward() {
     for nft_backend in [false, true] {
-        let rig = Rig::new();
-        let backend = if nft_backend { "nftables" } else { "iptables" };
-        let extra = json!({"backend": backend, "ingressPolicy": "isolated"});
-        let outs: Vec<CniOut> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..16)
-                .map(|i| {
-                    let rig = &rig;
-                    let extra = extra.clone();
-                    s.spawn(move || {
-                        let ip = format!("10.1.2.{}/24", 10 + i);
-                        let conf = with_prev(
-                            &fw_conf("net1", "1.0.0", extra),
-                            &prev("1.0.0", "cbr0", &[ip.as_str()]),
-                        );
-                        rig.call("firewall", "ADD", &conf)
-                            .id(&format!("c{i}"))
-                            .run()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for o in &outs {
-            o.ok();
-        }
-        if nft_backend {
-            let rs = nft(&rig.host);
-            assert_eq!(count(&rs, "table inet cni_firewall"), 1, "{rs}");
-            assert_eq!(count(&rs, "chain CNI-FORWARD {"), 1, "{rs}");
-            assert_eq!(count(&rs, "jump CNI-FORWARD"), 1, "{rs}");
-            assert_eq!(count(&rs, "jump CNI-ADMIN"), 1, "{rs}");
-            assert_eq!(count(&rs, "jump CNI-ISOLATION-STAGE-1"), 1, "{rs}");
-            assert_eq!(count(&rs, "\toifname \"cbr0\" drop"), 1, "{rs}");
-            assert_eq!(count(&rs, " accept comment"), 32, "{rs}");
-        } else {
-            let f = filter(&rig.host, false);
-            assert_eq!(count(&f, ":CNI-FORWARD "), 1, "{f}");
-            assert_eq!(count(&f, "-A FORWARD "), 2, "{f}");
-            assert_eq!(count(&f, "-j CNI-ADMIN"), 1, "{f}");
-            assert_eq!(count(&f, "-A CNI-ISOLATION-STAGE-2 "), 2, "{f}");
-            assert_eq!(count(&f, "-j ACCEPT"), 32, "{f}");
+        for _round in 0..4 {
+            let rig = Rig::new();
+            let backend = if nft_backend { "nftables" } else { "iptables" };
+            let extra = json!({"backend": backend, "ingressPolicy": "isolated"});
+            for o in &parallel_adds(&rig, &extra, 16, false) {
+                o.ok();
+            }
+            if nft_backend {
+                let rs = nft(&rig.host);
+                assert_eq!(count(&rs, "table inet cni_firewall"), 1, "{rs}");
+                assert_eq!(count(&rs, "chain CNI-FORWARD {"), 1, "{rs}");
+                assert_eq!(count(&rs, "jump CNI-FORWARD"), 1, "{rs}");
+                assert_eq!(count(&rs, "jump CNI-ADMIN"), 1, "{rs}");
+                assert_eq!(count(&rs, "jump CNI-ISOLATION-STAGE-1"), 1, "{rs}");
+                assert_eq!(count(&rs, "\toifname \"cbr0\" drop"), 1, "{rs}");
+                assert_eq!(count(&rs, " accept comment"), 32, "{rs}");
+            } else {
+                let f = filter(&rig.host, false);
+                assert_eq!(count(&f, ":CNI-FORWARD "), 1, "{f}");
+                assert_eq!(count(&f, "-A FORWARD "), 2, "{f}");
+                assert_eq!(count(&f, "-j CNI-ADMIN"), 1, "{f}");
+                assert_eq!(count(&f, "-A CNI-ISOLATION-STAGE-1 "), 3, "{f}");
+                assert_eq!(count(&f, "-A CNI-ISOLATION-STAGE-2 "), 2, "{f}");
+                assert_eq!(count(&f, "-j ACCEPT"), 32, "{f}");
+            }
         }
     }
+    let rig = Rig::new();
+    let failed = parallel_adds(&rig, &json!({}), 16, true)
+        .iter()
+        .filter(|o| o.code != 0)
+        .count();
+    eprintln!("Debian 1.1.1: {failed} of 16 parallel ADDs failed");
 }
 
 /// DEL without prevResult: the reference removes nothing; cnibox finds the iptables
@@ -511,8 +528,7 @@ fn del_without_prev_result_removes_the_rules() {
     let f = filter(&rig.host, false);
     assert!(!f.contains(&ip), "{f}");
     // nftables: by the comment, also when the netns is gone
-    let rig = Rig::new();
-    let mut rig = rig;
+    let mut rig = Rig::new();
     let conf = with_prev(
         &fw_conf("net1", "1.0.0", json!({"backend": "nftables"})),
         &prev("1.0.0", "cbr0", &["10.1.2.3/24"]),

@@ -14,9 +14,12 @@
 //!
 //! Each change is one `iptables-restore --noflush` per family, computed from one
 //! `iptables-save -t filter`. Shared chains are created with `-N` in that same batch,
-//! never declared (`:CHAIN`, which would flush the rules other containers put there):
-//! a concurrent creator makes the batch fail as a whole ("Chain already exists"), and
-//! it is recomputed from a fresh save.
+//! never declared (`:CHAIN`, which would flush the rules other containers put there).
+//! Race-freedom comes from the namespace lock below: cnibox never computes a batch
+//! from a stale save. Against other writers (the Go plugins, which do not take it)
+//! `-N` bounds the damage: the batch fails as a whole ("Chain already exists") and is
+//! recomputed from a fresh save, or iptables-nft replays it on a fresh cache, which
+//! can at worst duplicate a jump; nobody's rules are ever flushed.
 //!
 //! **nftables** (no iptables on the host, or `backend: "nftables"`): table
 //! `inet cni_firewall`, spoken natively in one nfnetlink batch, same chain names and
@@ -147,14 +150,10 @@ pub struct Setup<'a> {
 
 impl Setup<'_> {
     fn family(&self, v6: bool) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .ips
-            .iter()
-            .copied()
+        unique(&self.ips)
+            .into_iter()
             .filter(|i| i.is_ipv6() == v6)
-            .collect();
-        v.dedup();
-        v
+            .collect()
     }
 
     fn isolating_bridge(&self) -> Option<&str> {
@@ -163,6 +162,17 @@ impl Setup<'_> {
             _ => self.bridge.as_deref(),
         }
     }
+}
+
+/// `ips` without repeats, in order.
+fn unique(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::with_capacity(ips.len());
+    for ip in ips {
+        if !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    out
 }
 
 /// The families the addresses use (IPv4 first).
@@ -380,13 +390,8 @@ pub fn ipt_setup_script(s: &Setup, ips: &[IpAddr], t: &FilterTable) -> Option<Ip
 /// shared chains and jumps stay (other containers use them), as in the reference.
 pub fn ipt_teardown_script(ips: &[IpAddr], t: &FilterTable) -> Option<String> {
     let mut lines = Vec::new();
-    let mut seen = Vec::new();
-    for ip in ips {
-        if seen.contains(ip) {
-            continue;
-        }
-        seen.push(*ip);
-        for r in ipt_ip_rules(*ip) {
+    for ip in unique(ips) {
+        for r in ipt_ip_rules(ip) {
             for _ in 0..t.count(PRIV_CHAIN, &r) {
                 lines.push(format!("-D {PRIV_CHAIN} {r}"));
             }
@@ -771,9 +776,7 @@ pub fn nft_setup_ops(s: &Setup, st: &NftState) -> Vec<NftOp> {
         });
     }
     let c = nft_comment(s.att.net, s.att.ifname, s.att.cid);
-    let mut ips = s.ips.clone();
-    ips.dedup();
-    for ip in ips {
+    for ip in unique(&s.ips) {
         for r in nft_ip_rules(ip) {
             ops.push(add_rule(PRIV_CHAIN, r, &c, false));
         }
@@ -931,8 +934,8 @@ pub fn nft_check(s: &Setup, st: &NftState) -> Result<()> {
         }
     }
     let prefix = nft_prefix(s.att.net, s.att.ifname, s.att.cid);
-    for ip in &s.ips {
-        let [d, src] = nft_ip_rules(*ip);
+    for ip in unique(&s.ips) {
+        let [d, src] = nft_ip_rules(ip);
         for (e, text) in [(d, "daddr"), (src, "saddr")] {
             if !st.mine(&prefix).any(|r| r.exprs == e) {
                 bail!(
@@ -1332,6 +1335,13 @@ COMMIT
             4
         );
         assert_eq!(again.len(), 8, "{again:?}");
+        // an address listed twice (not next to each other) gets its rules once
+        let twice = setup(&["10.1.2.3", "fd00::3", "10.1.2.3"], Policy::Open);
+        let n = nft_setup_ops(&twice, &NftState::default())
+            .iter()
+            .filter(|o| matches!(o, NftOp::AddRule { comment: Some(c), .. } if c.contains("ctr1")))
+            .count();
+        assert_eq!(n, 4);
         // the table stays (isolation rules are shared per bridge)
         assert!(!matches!(
             nft_teardown_ops(&s.att, &st)[..],
