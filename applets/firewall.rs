@@ -14,8 +14,9 @@
 //! - `backend: "firewalld"` is refused with code 7 (not supported); an unknown backend,
 //!   an invalid admin chain name or bridge name is refused with code 7 before anything
 //!   changes (the reference falls back to auto, or fails half-way in iptables);
-//! - creating the shared chains is race-free (16 parallel ADDs: one `CNI-FORWARD`, one
-//!   jump; Debian's 1.1.1 fails about one ADD in ten there);
+//! - parallel ADDs are race-free (16 at once: one `CNI-FORWARD`, one jump to it, one
+//!   copy of each isolation rule); Debian's 1.1.1 fails some of them (issue 17) or
+//!   leaves several `FORWARD -j CNI-FORWARD` (seen here);
 //! - an ADD is all or nothing: the reference leaves its forwarding rules when the
 //!   ingress policy fails, and the IPv4 rules when IPv6 fails;
 //! - only the iptables families the addresses use are needed (the reference needs both
