@@ -11,6 +11,7 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
 mod dummy;
+mod firewall;
 #[path = "host-device.rs"]
 mod host_device;
 #[path = "host-local.rs"]
@@ -27,6 +28,7 @@ mod tuning;
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
     dummy::APPLET,
+    firewall::APPLET,
     host_device::APPLET,
     host_local::APPLET,
     loopback::APPLET,

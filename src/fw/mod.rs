@@ -10,6 +10,7 @@
 //! forever: the xtables lock for [`XTABLES_WAIT_SECS`], a tool for [`EXEC_DEADLINE`],
 //! the kernel for [`crate::netlink::RECV_TIMEOUT`]; past that, CNI code 11.
 
+pub mod firewall;
 pub mod ipmasq;
 pub mod spoofcheck;
 

@@ -609,6 +609,407 @@ fn parse_rule(bytes: &[u8]) -> RuleInfo {
     r
 }
 
+// =======================================================================================
+// Additions for the firewall applet (`src/fw/firewall.rs`). Self-contained: nothing
+// above is changed; everything lives in [`ext`].
+// =======================================================================================
+
+/// What the firewall applet needs beyond the core: conntrack state and interface-name
+/// matches, rules inserted at the top of a chain, chains listed with their hook and
+/// policy, rules read back *with* their expressions (to compare with what we would
+/// add), and `delete table`. Encoded exactly as `nft` encodes the same text (see
+/// `nft --debug=netlink`).
+pub mod ext {
+    use super::{
+        attr, comment_udata, cstr, frame, nested, payload, udata_comment, Batch, Expect, Expr,
+        Socket, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
+        NFTA_CHAIN_TABLE, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME,
+        NFTA_HOOK_HOOKNUM, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+        NFTA_RULE_HANDLE, NFTA_RULE_TABLE, NFTA_RULE_USERDATA, NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN,
+        NFTA_VERDICT_CODE, NFT_MSG_NEWRULE, NFT_REG_1, NFT_REG_VERDICT,
+    };
+    use anyhow::Result;
+    use neli::consts::socket::NlFamily;
+    use neli::rtnl::Rtattr;
+    use neli::types::Buffer;
+
+    /// The `forward` hook.
+    pub const NF_INET_FORWARD: u32 = 2;
+    /// Meta keys: input and output interface name, layer-3 protocol.
+    pub const NFT_META_IIFNAME: u32 = 6;
+    pub const NFT_META_OIFNAME: u32 = 7;
+    pub const NFT_META_NFPROTO: u32 = 15;
+    /// The conntrack key `state`.
+    pub const NFT_CT_STATE: u32 = 0;
+    /// `ct state` bits (`NF_CT_STATE_BIT`): established and related.
+    pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+    pub const CT_STATE_RELATED: u32 = 1 << 2;
+
+    const NFT_MSG_DELTABLE: u16 = 2;
+    const NFT_MSG_GETCHAIN: u16 = 4;
+    const NFT_MSG_GETRULE: u16 = 7;
+    const NFTA_CT_DREG: u16 = 1;
+    const NFTA_CT_KEY: u16 = 2;
+    const NFT_CMP_EQ: u32 = 0;
+    const NFT_CMP_NEQ: u32 = 1;
+
+    /// A rule expression: a core [`Expr`], or one the core does not cover. Rules read
+    /// back from the kernel decode into the same values, so "is this rule there" is a
+    /// plain comparison.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum XExpr {
+        Core(Expr),
+        /// `ct load <key> => reg 1`
+        Ct(u32),
+        /// Read back: an expression (or a form of one) we never write, by name.
+        Other(String),
+    }
+
+    impl XExpr {
+        pub fn name(&self) -> &str {
+            match self {
+                XExpr::Core(e) => e.name(),
+                XExpr::Ct(_) => "ct",
+                XExpr::Other(n) => n,
+            }
+        }
+
+        fn encode(&self) -> Result<Rtattr<u16, Buffer>> {
+            match self {
+                XExpr::Core(e) => e.encode(),
+                XExpr::Ct(key) => {
+                    let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
+                    let data = [
+                        attr(NFTA_CT_KEY, be(*key))?,
+                        attr(NFTA_CT_DREG, be(NFT_REG_1))?,
+                    ];
+                    nested(
+                        NFTA_LIST_ELEM,
+                        &[attr(NFTA_EXPR_NAME, "ct")?, nested(NFTA_EXPR_DATA, &data)?],
+                    )
+                }
+                XExpr::Other(n) => anyhow::bail!("cannot encode the nf_tables expression {n:?}"),
+            }
+        }
+    }
+
+    /// Core expressions as [`XExpr`]s.
+    pub fn core(v: Vec<Expr>) -> Vec<XExpr> {
+        v.into_iter().map(XExpr::Core).collect()
+    }
+
+    /// `ct state established,related`: load, mask the two bits, compare with zero. The
+    /// state is a host-endian u32 in the register (unlike addresses).
+    pub fn match_ct_established_related(out: &mut Vec<XExpr>) {
+        out.push(XExpr::Ct(NFT_CT_STATE));
+        out.push(XExpr::Core(Expr::Mask(
+            (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
+                .to_ne_bytes()
+                .to_vec(),
+        )));
+        out.push(XExpr::Core(Expr::Cmp {
+            neq: true,
+            data: vec![0; 4],
+        }));
+    }
+
+    /// `iifname|oifname ==|!= "<name>"` (`key` = [`NFT_META_IIFNAME`] or
+    /// [`NFT_META_OIFNAME`]): the name NUL-padded to IFNAMSIZ, as nft compares it.
+    pub fn match_ifname(key: u32, name: &str, neq: bool, out: &mut Vec<XExpr>) {
+        let mut data = name.as_bytes().to_vec();
+        data.resize(16, 0);
+        out.push(XExpr::Core(Expr::Meta(key)));
+        out.push(XExpr::Core(Expr::Cmp { neq, data }));
+    }
+
+    impl Batch {
+        /// `add rule` (`insert` false: appended) or `insert rule` (`insert` true: put
+        /// at the top of the chain), with extension expressions.
+        pub fn add_rule_x(
+            &mut self,
+            chain: &str,
+            exprs: &[XExpr],
+            comment: Option<&str>,
+            insert: bool,
+        ) -> Result<()> {
+            let list = exprs
+                .iter()
+                .map(XExpr::encode)
+                .collect::<Result<Vec<_>>>()?;
+            let mut a = vec![
+                attr(NFTA_RULE_TABLE, self.table.as_str())?,
+                attr(NFTA_RULE_CHAIN, chain)?,
+                nested(NFTA_RULE_EXPRESSIONS, &list)?,
+            ];
+            if let Some(c) = comment {
+                a.push(attr(NFTA_RULE_USERDATA, comment_udata(c))?);
+            }
+            // Without NLM_F_APPEND (and without a position) the kernel puts the rule
+            // at the head of the chain: what `nft insert rule` sends.
+            let mut flags = libc::NLM_F_CREATE as u16;
+            if !insert {
+                flags |= libc::NLM_F_APPEND as u16;
+            }
+            self.push(NFT_MSG_NEWRULE, flags, &a)
+        }
+
+        /// `delete table` with everything in it.
+        pub fn delete_table(&mut self) -> Result<()> {
+            let a = [attr(NFTA_TABLE_NAME, self.table.as_str())?];
+            self.push(NFT_MSG_DELTABLE, 0, &a)
+        }
+    }
+
+    /// A chain of a table, read back.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct ChainX {
+        pub name: String,
+        /// The hook number of a base chain.
+        pub hook: Option<u32>,
+        /// A base chain's policy (`NF_ACCEPT`, `NF_DROP`).
+        pub policy: Option<u32>,
+    }
+
+    /// A rule of a table, read back with its expressions.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct RuleX {
+        pub chain: String,
+        pub handle: u64,
+        pub comment: String,
+        pub exprs: Vec<XExpr>,
+    }
+
+    fn dump(
+        family: u8,
+        msg: u16,
+        attrs: &[Rtattr<u16, Buffer>],
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>> {
+        let sock = Socket::open(NlFamily::Netfilter)?;
+        let p = payload(family, attrs)?;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        let op = || what.to_string();
+        match sock.exchange(
+            Expect::Dump,
+            &|seq| Ok(frame(ty, flags, seq, p.as_ref())),
+            &op,
+        ) {
+            Ok(items) => Ok(items),
+            // Some kernels answer a filtered dump of a missing table with ENOENT.
+            Err(e) if crate::netlink::is_errno(&e, libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn be32(v: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+    }
+
+    /// The chains of `table` (empty when the table does not exist). The kernel does not
+    /// filter chain dumps by table: the family's chains come back, ours are picked.
+    pub fn table_chains(family: u8, table: &str) -> Result<Vec<ChainX>> {
+        let items = dump(
+            family,
+            NFT_MSG_GETCHAIN,
+            &[attr(NFTA_CHAIN_TABLE, table)?],
+            &format!("failed to list the nf_tables chains of {table}"),
+        )?;
+        let mut out = Vec::new();
+        for b in &items {
+            let mut c = ChainX::default();
+            let mut t = String::new();
+            for (ty, v) in crate::netlink::parse_nested(b.get(4..).unwrap_or(&[])) {
+                match ty {
+                    NFTA_CHAIN_TABLE => t = cstr(v),
+                    NFTA_CHAIN_NAME => c.name = cstr(v),
+                    NFTA_CHAIN_POLICY => c.policy = be32(v),
+                    NFTA_CHAIN_HOOK => {
+                        c.hook = crate::netlink::parse_nested(v)
+                            .into_iter()
+                            .find(|(t, _)| *t == NFTA_HOOK_HOOKNUM)
+                            .and_then(|(_, h)| be32(h))
+                    }
+                    _ => {}
+                }
+            }
+            if t == table {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every rule of `table`, in chain order (empty when the table does not exist).
+    pub fn table_rules(family: u8, table: &str) -> Result<Vec<RuleX>> {
+        let items = dump(
+            family,
+            NFT_MSG_GETRULE,
+            &[attr(NFTA_RULE_TABLE, table)?],
+            &format!("failed to list the nf_tables rules of {table}"),
+        )?;
+        let mut out = Vec::new();
+        for b in &items {
+            let mut r = RuleX::default();
+            let mut t = String::new();
+            for (ty, v) in crate::netlink::parse_nested(b.get(4..).unwrap_or(&[])) {
+                match ty {
+                    NFTA_RULE_TABLE => t = cstr(v),
+                    NFTA_RULE_CHAIN => r.chain = cstr(v),
+                    NFTA_RULE_HANDLE => {
+                        if let Ok(h) = <[u8; 8]>::try_from(v) {
+                            r.handle = u64::from_be_bytes(h)
+                        }
+                    }
+                    NFTA_RULE_USERDATA => r.comment = udata_comment(v),
+                    NFTA_RULE_EXPRESSIONS => {
+                        r.exprs = crate::netlink::parse_nested(v)
+                            .into_iter()
+                            .map(|(_, e)| decode_expr(e))
+                            .collect()
+                    }
+                    _ => {}
+                }
+            }
+            if t == table {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One expression as the kernel dumps it (NFTA_LIST_ELEM payload), decoded into
+    /// the value we would have encoded; anything else becomes [`XExpr::Other`].
+    pub fn decode_expr(elem: &[u8]) -> XExpr {
+        let mut name = String::new();
+        let mut data: &[u8] = &[];
+        for (ty, v) in crate::netlink::parse_nested(elem) {
+            match ty {
+                NFTA_EXPR_NAME => name = cstr(v),
+                NFTA_EXPR_DATA => data = v,
+                _ => {}
+            }
+        }
+        let attrs = crate::netlink::parse_nested(data);
+        let get = |t: u16| attrs.iter().find(|(ty, _)| *ty == t).map(|(_, v)| *v);
+        let u = |t: u16| get(t).and_then(be32);
+        let value = |t: u16| -> Option<Vec<u8>> {
+            crate::netlink::parse_nested(get(t)?)
+                .into_iter()
+                .find(|(ty, _)| *ty == NFTA_DATA_VALUE)
+                .map(|(_, v)| v.to_vec())
+        };
+        let other = || XExpr::Other(name.clone());
+        let decoded = match name.as_str() {
+            // meta/payload/ct: a load into reg 1 (a set has no DREG)
+            "meta" if u(1) == Some(NFT_REG_1) => u(2).map(|k| XExpr::Core(Expr::Meta(k))),
+            "payload" if u(1) == Some(NFT_REG_1) => match (u(2), u(3), u(4)) {
+                (Some(base), Some(offset), Some(len)) => {
+                    Some(XExpr::Core(Expr::Payload { base, offset, len }))
+                }
+                _ => None,
+            },
+            "ct" if u(1) == Some(NFT_REG_1) && get(3).is_none() => u(2).map(XExpr::Ct),
+            "cmp" if u(1) == Some(NFT_REG_1) => match u(2) {
+                Some(op @ (NFT_CMP_EQ | NFT_CMP_NEQ)) => value(3).map(|data| {
+                    XExpr::Core(Expr::Cmp {
+                        neq: op == NFT_CMP_NEQ,
+                        data,
+                    })
+                }),
+                _ => None,
+            },
+            // a mask-and-xor with xor zero (op absent or NFT_BITWISE_BOOL)
+            "bitwise" if u(1) == Some(NFT_REG_1) && u(2) == Some(NFT_REG_1) => {
+                match (value(4), value(5), u(6).unwrap_or(0)) {
+                    (Some(mask), Some(xor), 0) if xor.iter().all(|b| *b == 0) => {
+                        Some(XExpr::Core(Expr::Mask(mask)))
+                    }
+                    _ => None,
+                }
+            }
+            "immediate" if u(1) == Some(NFT_REG_VERDICT) => get(2).and_then(|d| {
+                let v = crate::netlink::parse_nested(d)
+                    .into_iter()
+                    .find(|(ty, _)| *ty == NFTA_DATA_VERDICT)?
+                    .1;
+                let va = crate::netlink::parse_nested(v);
+                let code = va
+                    .iter()
+                    .find(|(t, _)| *t == NFTA_VERDICT_CODE)
+                    .and_then(|(_, c)| be32(c))? as i32;
+                let chain = va
+                    .iter()
+                    .find(|(t, _)| *t == NFTA_VERDICT_CHAIN)
+                    .map(|(_, c)| cstr(c));
+                Some(XExpr::Core(Expr::Verdict(code, chain)))
+            }),
+            "masq" if attrs.is_empty() => Some(XExpr::Core(Expr::Masq)),
+            _ => None,
+        };
+        decoded.unwrap_or_else(other)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Encoding then decoding gives the same expression back (what the kernel
+        /// echoes in a dump has the same attributes, plus some we ignore).
+        #[test]
+        fn expressions_round_trip() {
+            let mut e = Vec::new();
+            crate::netlink::nftables::match_addr(
+                &"10.1.2.3/32".parse().unwrap(),
+                false,
+                false,
+                &mut e,
+            );
+            let mut x = core(e);
+            match_ct_established_related(&mut x);
+            match_ifname(NFT_META_OIFNAME, "cbr0", true, &mut x);
+            x.push(XExpr::Core(Expr::Mask(vec![0xf0, 0, 0, 0])));
+            x.push(XExpr::Core(Expr::Verdict(
+                crate::netlink::nftables::NFT_JUMP,
+                Some("CNI-FORWARD".into()),
+            )));
+            x.push(XExpr::Core(Expr::Verdict(
+                crate::netlink::nftables::NF_ACCEPT,
+                None,
+            )));
+            for want in &x {
+                let a = want.encode().unwrap();
+                let mut c = std::io::Cursor::new(Vec::new());
+                neli::ToBytes::to_bytes(&a, &mut c).unwrap();
+                // skip the NFTA_LIST_ELEM header
+                let got = decode_expr(&c.get_ref()[4..]);
+                assert_eq!(&got, want);
+            }
+            assert_eq!(
+                x.iter().map(XExpr::name).collect::<Vec<_>>(),
+                [
+                    "meta",
+                    "cmp",
+                    "payload",
+                    "cmp",
+                    "ct",
+                    "bitwise",
+                    "cmp",
+                    "meta",
+                    "cmp",
+                    "bitwise",
+                    "immediate",
+                    "immediate"
+                ]
+            );
+            // the ct state mask is host-endian, as nft writes it
+            assert_eq!(x[5], XExpr::Core(Expr::Mask(6u32.to_ne_bytes().to_vec())));
+            assert!(matches!(decode_expr(b""), XExpr::Other(_)));
+            assert!(XExpr::Other("counter".into()).encode().is_err());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
