@@ -4,7 +4,7 @@
 
 use super::range::RangeSet;
 use super::store::Store;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -76,7 +76,7 @@ pub fn allocate(
                 if !out.is_empty() {
                     let _ = release(store, id, ifname);
                 }
-                return Err(anyhow!("failed to allocate for range {idx}: {e}"));
+                return Err(e.context(format!("failed to allocate for range {idx}")));
             }
         }
     }
@@ -138,10 +138,13 @@ mod tests {
     }
 
     fn set(subnet: &str) -> RangeSet {
-        RangeSet::from_conf(&[RangeConf {
-            subnet: subnet.into(),
-            ..Default::default()
-        }])
+        RangeSet::from_conf(
+            &[RangeConf {
+                subnet: subnet.into(),
+                ..Default::default()
+            }],
+            "x",
+        )
         .unwrap()
     }
 
@@ -157,9 +160,10 @@ mod tests {
             std::fs::read_to_string(d.join("net/10.1.2.2")).unwrap(),
             "c1\r\neth0"
         );
-        let e = allocate(&store, &sets, "c1", "eth0", vec![])
-            .unwrap_err()
-            .to_string();
+        let e = format!(
+            "{:#}",
+            allocate(&store, &sets, "c1", "eth0", vec![]).unwrap_err()
+        );
         assert_eq!(e, "failed to allocate for range 0: 10.1.2.2 has been allocated to c1, duplicate allocation is not allowed");
         check(&store, "c1", "eth0").unwrap();
         release(&store, "c1", "eth0").unwrap();
