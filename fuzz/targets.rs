@@ -123,3 +123,68 @@ pub fn results(data: &[u8]) {
 pub fn netlink(data: &[u8]) {
     cnibox::netlink::fuzz_reply(data);
 }
+
+/// host-local's store reader: reservation files (`name\tcontent` lines of the first
+/// part), a scan that builds the index and its stamp, then every index entry rewritten
+/// in place with the second part (in place: the network directory's mtime is untouched,
+/// so the stamp still matches and the fuzzed entries are trusted), then the operations
+/// an ADD, CHECK, DEL and GC make. Runs in a fresh directory under /dev/shm.
+pub fn store(data: &[u8]) {
+    use cnibox::ipam::store::{Store, INDEX_DIR};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut parts = data.splitn(2, |&b| b == 0xff);
+    let files = parts.next().unwrap_or(&[]);
+    let entries = parts.next();
+    let root = std::path::PathBuf::from(format!(
+        "/dev/shm/cnibox-fuzz-store-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let net = root.join("net");
+    std::fs::create_dir_all(&net).expect("temp dir");
+    for line in files.split(|&b| b == b'\n') {
+        let mut kv = line.splitn(2, |&b| b == b'\t');
+        let (Some(name), Some(content)) = (kv.next(), kv.next()) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name);
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name == "lock" {
+            continue;
+        }
+        let _ = std::fs::write(net.join(name.as_ref()), content);
+    }
+    let ops = |first: bool| {
+        let Ok(store) = Store::open(&root, "net") else {
+            return;
+        };
+        let Ok(mut l) = store.lock() else {
+            return;
+        };
+        let _ = l.ips_of("ctr", "eth0");
+        let _ = l.holds("ctr", "eth0");
+        let _ = l.last_reserved(0);
+        if !first {
+            let _ = l.reserve("ctr2", "eth0", "10.0.0.9".parse().expect("ip"), 0);
+            let _ = l.release("ctr", "eth0");
+            let _ = l.gc(&[("ctr2".to_string(), "eth0".to_string())]);
+        }
+    };
+    ops(true);
+    if let (Some(content), Ok(rd)) = (entries, std::fs::read_dir(net.join(INDEX_DIR))) {
+        for e in rd.flatten() {
+            if e.file_name() != "stamp" {
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(e.path())
+                {
+                    let _ = f.write_all(content);
+                }
+            }
+        }
+    }
+    ops(false);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -47,3 +47,8 @@ fn results_corpus() {
 fn netlink_corpus() {
     replay("netlink", targets::netlink);
 }
+
+#[test]
+fn store_corpus() {
+    replay("store", targets::store);
+}
