@@ -5,9 +5,15 @@
 //! `cnibox` on its own offers `--list`, `--install DIR`, `--help` and `--version`.
 //! Plugin applets never see clap: every CNI failure must stay a JSON error object.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bridge;
+mod dummy;
+mod firewall;
+#[path = "host-device.rs"]
+mod host_device;
 #[path = "host-local.rs"]
 mod host_local;
 mod ipvlan;
@@ -16,6 +22,7 @@ mod macvlan;
 mod ptp;
 #[path = "static.rs"]
 mod static_ipam;
+mod tap;
 mod tuning;
 mod vlan;
 
@@ -23,12 +30,16 @@ mod vlan;
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
     bridge::APPLET,
+    dummy::APPLET,
+    firewall::APPLET,
+    host_device::APPLET,
     host_local::APPLET,
     ipvlan::APPLET,
     loopback::APPLET,
     macvlan::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,
+    tap::APPLET,
     tuning::APPLET,
     vlan::APPLET,
 ];
