@@ -9,6 +9,7 @@
 
 use cnibox::cni::skel::{self, Applet, Kind};
 
+mod bandwidth;
 mod bridge;
 mod dummy;
 mod firewall;
@@ -29,6 +30,7 @@ mod vlan;
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
+    bandwidth::APPLET,
     bridge::APPLET,
     dummy::APPLET,
     firewall::APPLET,

@@ -19,6 +19,8 @@ pub mod consts;
 pub mod link;
 pub mod nftables;
 pub mod route;
+pub mod rule;
+pub mod tc;
 
 use crate::error::{cni_err, Code};
 use crate::netns::Netns;
