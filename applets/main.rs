@@ -21,6 +21,7 @@ mod ipvlan;
 mod loopback;
 mod macvlan;
 mod ptp;
+mod sbr;
 #[path = "static.rs"]
 mod static_ipam;
 mod tap;
@@ -40,6 +41,7 @@ static APPLETS: &[Applet] = &[
     loopback::APPLET,
     macvlan::APPLET,
     ptp::APPLET,
+    sbr::APPLET,
     static_ipam::APPLET,
     tap::APPLET,
     tuning::APPLET,
