@@ -27,6 +27,7 @@ mod static_ipam;
 mod tap;
 mod tuning;
 mod vlan;
+mod vrf;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
@@ -46,6 +47,7 @@ static APPLETS: &[Applet] = &[
     tap::APPLET,
     tuning::APPLET,
     vlan::APPLET,
+    vrf::APPLET,
 ];
 
 fn main() {
