@@ -566,6 +566,8 @@ pub fn fuzz_reply(data: &[u8]) {
             addr::fuzz_payload(item);
             route::fuzz_payload(item);
             nftables::fuzz_payload(item);
+            tc::fuzz_payload(item);
+            rule::fuzz_payload(item);
             let _ = parse_nested(item);
         }
     }
