@@ -13,6 +13,7 @@ mod bridge;
 #[path = "host-local.rs"]
 mod host_local;
 mod loopback;
+mod portmap;
 mod ptp;
 #[path = "static.rs"]
 mod static_ipam;
@@ -24,6 +25,7 @@ static APPLETS: &[Applet] = &[
     bridge::APPLET,
     host_local::APPLET,
     loopback::APPLET,
+    portmap::APPLET,
     ptp::APPLET,
     static_ipam::APPLET,
     tuning::APPLET,

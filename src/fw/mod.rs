@@ -11,6 +11,7 @@
 //! the kernel for [`crate::netlink::RECV_TIMEOUT`]; past that, CNI code 11.
 
 pub mod ipmasq;
+pub mod portmap;
 pub mod spoofcheck;
 
 use crate::error::{cni_err, Code};
