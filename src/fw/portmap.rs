@@ -1480,3 +1480,628 @@ pub fn routable_host_if(ip: std::net::Ipv4Addr) -> Result<Option<String>> {
         _ => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::CniError;
+    use serde_json::json;
+
+    fn conf(v: serde_json::Value) -> Result<Config> {
+        let raw: RawConf = crate::cni::decode::from_value(v).unwrap();
+        Config::new(raw, "mynet", "ctr1", true)
+    }
+
+    fn maps(m: serde_json::Value) -> serde_json::Value {
+        json!({"runtimeConfig": {"portMappings": m}})
+    }
+
+    fn std_maps() -> serde_json::Value {
+        maps(json!([
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8081, "containerPort": 81, "protocol": "tcp"},
+            {"hostPort": 53, "containerPort": 5353, "protocol": "udp", "hostIP": "192.168.1.1"},
+            {"hostPort": 99, "containerPort": 99, "protocol": "sctp"},
+            {"hostPort": 54, "containerPort": 54, "protocol": "udp", "hostIP": "2001:db8::1"}
+        ]))
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_match_the_reference() {
+        assert_eq!(dn_chain("mynet", "abc"), "CNI-DN-e88f49d94512ff752ebe6");
+        assert_eq!(dn_chain("mynet", "ctr1"), "CNI-DN-5145007e2a8415ce07579");
+        assert!(sn_chain("mynet", "ctr1").starts_with("CNI-SN-"));
+        assert_eq!(dnat_comment("n", "c"), r#"dnat name: "n" id: "c""#);
+        let long = dnat_comment("n", &"c".repeat(300));
+        assert_eq!(long.len(), 255);
+        assert!(long.ends_with("..."));
+        assert_eq!(mark(13), "0x2000/0x2000");
+        assert_eq!(mark(0), "0x1/0x1");
+        assert_eq!(mark(31), "0x80000000/0x80000000");
+    }
+
+    #[test]
+    fn defaults_and_backend_choice() {
+        let c = conf(std_maps()).unwrap();
+        assert!(c.snat && !c.masq_all);
+        assert_eq!((c.mark_bit, c.backend), (13, Backend::Iptables));
+        assert_eq!(c.mappings.len(), 5);
+        assert_eq!(c.udp_ports(), vec![53, 54]);
+        let raw: RawConf = crate::cni::decode::from_value(std_maps()).unwrap();
+        assert_eq!(
+            Config::new(raw, "n", "c", false).unwrap().backend,
+            Backend::Nftables
+        );
+        let c = conf(
+            json!({"backend": "nftables", "snat": false, "masqAll": true,
+            "conditionsV4": ["ip saddr 10.0.0.0/8"]}),
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Nftables);
+        assert!(!c.snat && c.masq_all && c.mappings.is_empty());
+        // case-insensitive keys and protocols, like the reference
+        let c = conf(json!({"RuntimeConfig": {"PortMappings": [
+            {"HostPort": 1, "containerport": 2, "Protocol": "UDP", "hostip": "::ffff:10.0.0.1"}]}}))
+        .unwrap();
+        assert_eq!(c.mappings[0].proto, Proto::Udp);
+        assert_eq!(c.mappings[0].host_ip, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn malformed_configs_are_code_7_naming_the_key() {
+        let cases: &[(serde_json::Value, &str)] = &[
+            (
+                maps(json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}])),
+                "protocol",
+            ),
+            (
+                maps(json!([{"hostPort": 80, "containerPort": 80}])),
+                "protocol",
+            ),
+            (
+                maps(json!([{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}])),
+                "hostPort",
+            ),
+            (
+                maps(json!([{"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}])),
+                "hostPort",
+            ),
+            (
+                maps(json!([{"hostPort": 80, "containerPort": -1, "protocol": "tcp"}])),
+                "containerPort",
+            ),
+            (
+                maps(
+                    json!([{"hostPort": 80, "containerPort": 80, "protocol": "tcp", "hostIP": "nope"}]),
+                ),
+                "hostIP",
+            ),
+            (json!({"markMasqBit": 40}), "markMasqBit"),
+            (json!({"markMasqBit": -1}), "markMasqBit"),
+            (
+                json!({"markMasqBit": 3, "externalSetMarkChain": "KUBE-MARK-MASQ"}),
+                "externalSetMarkChain",
+            ),
+            (
+                json!({"externalSetMarkChain": "has space"}),
+                "externalSetMarkChain",
+            ),
+            (json!({"backend": "pf"}), "backend"),
+            (
+                json!({"backend": "nftables", "externalSetMarkChain": "X"}),
+                "iptables-specific options [externalSetMarkChain]",
+            ),
+            (
+                json!({"backend": "iptables", "conditionsV4": ["ip saddr 1.2.3.4"]}),
+                "nftables-specific options [conditionsV4]",
+            ),
+            (
+                json!({"backend": "nftables", "conditionsV6": ["-s", "::1"]}),
+                "iptables-specific options [conditionsV6]",
+            ),
+            (
+                json!({"backend": "nftables", "conditionsV4": ["tcp dport 22"]}),
+                "conditionsV4",
+            ),
+            (
+                json!({"backend": "nftables", "conditionsV4": ["ip6 saddr ::1"]}),
+                "conditionsV4",
+            ),
+            (
+                json!({"backend": "nftables", "conditionsV6": ["ip6 saddr 10.0.0.1"]}),
+                "conditionsV6",
+            ),
+            (
+                json!({"backend": "nftables", "conditionsV4": ["iifname \"eth0"]}),
+                "conditionsV4",
+            ),
+            (
+                json!({"conditionsV4": ["-s", "1.2.3.4\n-A INPUT -j DROP"]}),
+                "conditionsV4",
+            ),
+        ];
+        for (v, key) in cases {
+            let e = conf(v.clone()).unwrap_err();
+            let c = CniError::from_anyhow(&e);
+            assert_eq!(c.code, 7, "{v}: {}", c.msg);
+            assert!(c.msg.contains(key), "{v}: {:?} lacks {key:?}", c.msg);
+        }
+    }
+
+    #[test]
+    fn nft_conditions_parse() {
+        let p = |s: &[&str], v6| {
+            let parts: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+            parse_nft_conditions("conditionsV4", &parts, v6)
+        };
+        assert_eq!(
+            p(
+                &["ip", "saddr", "!=", "10.0.0.0/8", "iifname \"eth*\""],
+                false
+            )
+            .unwrap(),
+            vec![
+                NftCond::Addr {
+                    src: true,
+                    net: net("10.0.0.0/8"),
+                    neq: true
+                },
+                NftCond::Ifname {
+                    out: false,
+                    name: "eth".into(),
+                    wildcard: true,
+                    neq: false
+                }
+            ]
+        );
+        assert_eq!(
+            p(&["meta oifname lo ip6 daddr fd00::1"], true)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(p(&[], false).unwrap().is_empty());
+        for bad in [
+            &["ip"][..],
+            &["ip saddr"],
+            &["ip protocol tcp"],
+            &["iifname *"],
+            &["iifname a234567890123456"],
+            &["ct state new"],
+        ] {
+            assert!(p(bad, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn iptables_rules_are_the_references() {
+        let c = conf(std_maps()).unwrap();
+        let ch = "CNI-DN-5145007e2a8415ce07579";
+        // as iptables-save printed the Go plugin's rules
+        let v4: Vec<String> = [
+            "-s 10.1.2.0/24 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK",
+            "-s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK",
+            "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.2.3:80",
+            "-s 10.1.2.0/24 -p tcp -m tcp --dport 8081 -j CNI-HOSTPORT-SETMARK",
+            "-s 127.0.0.1/32 -p tcp -m tcp --dport 8081 -j CNI-HOSTPORT-SETMARK",
+            "-p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.1.2.3:81",
+            "-s 10.1.2.0/24 -d 192.168.1.1/32 -p udp -m udp --dport 53 -j CNI-HOSTPORT-SETMARK",
+            "-s 127.0.0.1/32 -d 192.168.1.1/32 -p udp -m udp --dport 53 -j CNI-HOSTPORT-SETMARK",
+            "-d 192.168.1.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.1.2.3:5353",
+            "-s 10.1.2.0/24 -p sctp -m sctp --dport 99 -j CNI-HOSTPORT-SETMARK",
+            "-s 127.0.0.1/32 -p sctp -m sctp --dport 99 -j CNI-HOSTPORT-SETMARK",
+            "-p sctp -m sctp --dport 99 -j DNAT --to-destination 10.1.2.3:99",
+        ]
+        .iter()
+        .map(|r| format!("-A {ch} {r}"))
+        .collect();
+        assert_eq!(ipt_dn_rules(&c, &net("10.1.2.3/24")), v4);
+        let v6 = ipt_dn_rules(&c, &net("fd00::3/64"));
+        assert_eq!(v6.len(), 8, "{v6:?}");
+        assert_eq!(
+            v6[1],
+            format!("-A {ch} -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00::3]:80")
+        );
+        assert_eq!(
+            v6[6],
+            format!("-A {ch} -s fd00::/64 -d 2001:db8::1/128 -p udp -m udp --dport 54 -j CNI-HOSTPORT-SETMARK")
+        );
+        let e: Vec<String> = ipt_entry_rules(&c, false)
+            .into_iter()
+            .map(|e| e.2)
+            .collect();
+        let cm = r#"-m comment --comment "dnat name: \"mynet\" id: \"ctr1\"""#;
+        assert_eq!(
+            e,
+            vec![
+                format!("-A CNI-HOSTPORT-DNAT -p sctp {cm} -m multiport --dports 99 -j {ch}"),
+                format!("-A CNI-HOSTPORT-DNAT -p tcp {cm} -m multiport --dports 8080,8081 -j {ch}"),
+                format!("-A CNI-HOSTPORT-DNAT -p udp {cm} -m multiport --dports 53,54 -j {ch}"),
+            ]
+        );
+        // masqAll: any source, no localhost rule; snat off: DNAT only; external chain
+        let mut m = c.clone();
+        m.masq_all = true;
+        m.external_mark = Some("KUBE-MARK-MASQ".into());
+        let r = ipt_dn_rules(&m, &net("10.1.2.3/24"));
+        assert_eq!(
+            r[0],
+            format!("-A {ch} -p tcp -m tcp --dport 8080 -j KUBE-MARK-MASQ")
+        );
+        assert_eq!(r.len(), 8);
+        m.snat = false;
+        assert_eq!(ipt_dn_rules(&m, &net("10.1.2.3/24")).len(), 4);
+    }
+
+    #[test]
+    fn iptables_multiport_groups_of_15_and_conditions() {
+        let list: Vec<serde_json::Value> = (1..=16)
+            .map(|p| json!({"hostPort": 1000 + p, "containerPort": p, "protocol": "tcp"}))
+            .collect();
+        let mut v = maps(json!(list));
+        v["conditionsV4"] = json!(["-s", "1.2.3.4", "-m", "comment", "--comment", "a b"]);
+        let c = conf(v).unwrap();
+        let e = ipt_entry_rules(&c, false);
+        assert_eq!(e.len(), 2);
+        assert!(e[0].1.ends_with(",1015") && e[1].1 == "1016");
+        assert!(
+            e[1].2.ends_with(r#" --dports 1016 -s 1.2.3.4 -m comment --comment "a b" -j CNI-DN-5145007e2a8415ce07579"#),
+            "{}",
+            e[1].2
+        );
+        // conditionsV4 do not apply to IPv6
+        assert!(!ipt_entry_rules(&c, true)[0].2.contains("1.2.3.4"));
+    }
+
+    #[test]
+    fn iptables_setup_is_idempotent_and_teardown_complete() {
+        let c = conf(std_maps()).unwrap();
+        let cont = net("10.1.2.3/24");
+        let (s, created) = ipt_setup_script(&c, &cont, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
+        assert_eq!(
+            created,
+            Created {
+                dnat: true,
+                masq: true
+            }
+        );
+        for want in [
+            ":CNI-HOSTPORT-SETMARK - [0:0]\n",
+            ":CNI-HOSTPORT-MASQ - [0:0]\n",
+            ":CNI-HOSTPORT-DNAT - [0:0]\n",
+            ":CNI-DN-5145007e2a8415ce07579 - [0:0]\n",
+            "-I POSTROUTING 1 -m comment --comment \"CNI portfwd requiring masquerade\" -j CNI-HOSTPORT-MASQ\n",
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n",
+            "-A CNI-HOSTPORT-SETMARK -m comment --comment \"CNI portfwd masquerade mark\" -j MARK --set-xmark 0x2000/0x2000\n",
+        ] {
+            assert!(s.contains(want), "{want} missing from\n{s}");
+        }
+        assert!(s.starts_with("*nat\n") && s.ends_with("COMMIT\n"));
+        // What iptables-save prints after that ADD: a second ADD adds no shared rule,
+        // and replaces the entries.
+        let mut save = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:CNI-HOSTPORT-MASQ - [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-5145007e2a8415ce07579 - [0:0]\n");
+        for l in [
+            local_jump("PREROUTING"),
+            local_jump("OUTPUT"),
+            postrouting_jump(),
+            setmark_rule(13),
+            masq_rule(13),
+        ] {
+            save += &format!("{l}\n");
+        }
+        for l in ipt_dn_rules(&c, &cont) {
+            save += &format!("{l}\n");
+        }
+        for (_, _, l) in ipt_entry_rules(&c, false) {
+            save += &format!("{l}\n");
+        }
+        save += "COMMIT\n";
+        let (s2, created) = ipt_setup_script(&c, &cont, &save);
+        assert_eq!(created, Created::default());
+        assert_eq!(s2.matches("-D CNI-HOSTPORT-DNAT").count(), 3, "{s2}");
+        assert_eq!(s2.matches("-A CNI-HOSTPORT-DNAT").count(), 3);
+        assert!(!s2.contains("POSTROUTING") && !s2.contains("SETMARK -m"));
+        ipt_check(&c, &cont, &save).unwrap();
+        let e = ipt_check(
+            &c,
+            &cont,
+            &save.replace("--dport 8081 -j DNAT", "--dport 8082 -j DNAT"),
+        );
+        assert!(e.unwrap_err().to_string().contains("--dport 8081"));
+        assert_eq!(ipt_owned_cids("mynet", &save), vec!["ctr1".to_string()]);
+        assert!(ipt_owned_cids("other", &save).is_empty());
+
+        let t = ipt_teardown_script("mynet", "ctr1", &save, Created::default()).unwrap();
+        assert_eq!(t.matches("-D CNI-HOSTPORT-DNAT ").count(), 3);
+        assert!(t.contains("-F CNI-DN-5145007e2a8415ce07579\n-X CNI-DN-5145007e2a8415ce07579\n"));
+        assert!(!t.contains("-X CNI-HOSTPORT"), "the skeleton stays: {t}");
+        // undoing a failed ADD that created the skeleton removes it too
+        let all = Created {
+            dnat: true,
+            masq: true,
+        };
+        let t = ipt_teardown_script("mynet", "ctr1", &save, all).unwrap();
+        for gone in [
+            "-X CNI-HOSTPORT-DNAT",
+            "-X CNI-HOSTPORT-MASQ",
+            "-X CNI-HOSTPORT-SETMARK",
+            "-D POSTROUTING",
+            "-D PREROUTING",
+            "-D OUTPUT",
+        ] {
+            assert!(t.contains(gone), "{gone} missing from\n{t}");
+        }
+        // ... unless another attachment uses it meanwhile
+        let other = save.replace("COMMIT\n", "-A CNI-HOSTPORT-DNAT -p tcp -m multiport --dports 1 -j CNI-DN-other\n-A CNI-DN-other -p tcp -m tcp --dport 1 -j CNI-HOSTPORT-SETMARK\nCOMMIT\n");
+        let t = ipt_teardown_script("mynet", "ctr1", &other, all).unwrap();
+        assert!(
+            !t.contains("CNI-HOSTPORT-DNAT\n-X") && !t.contains("-X CNI-HOSTPORT"),
+            "{t}"
+        );
+        assert!(ipt_teardown_script("mynet", "ctr1", "*nat\nCOMMIT\n", all).is_none());
+        // the legacy SNAT chain goes too
+        let legacy = format!(
+            "*nat\n:{0} - [0:0]\n-A CNI-HOSTPORT-SNAT -j {0}\nCOMMIT\n",
+            sn_chain("mynet", "ctr1")
+        );
+        let t = ipt_teardown_script("mynet", "ctr1", &legacy, Created::default()).unwrap();
+        assert!(t.contains("-D CNI-HOSTPORT-SNAT -j CNI-SN-") && t.contains("-X CNI-SN-"));
+    }
+
+    fn names(e: &[ExprExt]) -> Vec<&'static str> {
+        e.iter().map(ExprExt::name).collect()
+    }
+
+    #[test]
+    fn nftables_rules_compile_like_nft() {
+        let c = conf(std_maps()).unwrap();
+        let cont = net("10.1.2.3/24");
+        let r = nft_hostport_rules(&c, &cont);
+        assert_eq!(r.len(), 4, "the IPv6 hostIP mapping is skipped");
+        // `ip daddr 192.168.1.1 udp dport 53 dnat to 10.1.2.3:5353` (nft --debug=netlink)
+        assert_eq!(
+            r[2],
+            vec![
+                Expr::Payload {
+                    base: 1,
+                    offset: 16,
+                    len: 4
+                }
+                .into(),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![192, 168, 1, 1]
+                }
+                .into(),
+                Expr::Meta(16).into(),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![17]
+                }
+                .into(),
+                Expr::Payload {
+                    base: 2,
+                    offset: 2,
+                    len: 2
+                }
+                .into(),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![0, 53]
+                }
+                .into(),
+                ExprExt::Imm {
+                    reg: 1,
+                    data: vec![10, 1, 2, 3]
+                },
+                ExprExt::Imm {
+                    reg: 2,
+                    data: 5353u16.to_be_bytes().to_vec()
+                },
+                ExprExt::Dnat {
+                    family: NFPROTO_IPV4
+                },
+            ]
+        );
+        let m = nft_masq_rules(&c, &cont);
+        assert_eq!(m.len(), 2);
+        assert_eq!(names(&m[1]), ["payload", "cmp", "payload", "cmp", "masq"]);
+        assert_eq!(
+            m[1][1],
+            Expr::Cmp {
+                neq: false,
+                data: vec![127, 0, 0, 1]
+            }
+            .into()
+        );
+        let v6 = nft_masq_rules(&c, &net("fd00::3/64"));
+        assert_eq!(v6.len(), 1);
+        assert_eq!(
+            v6[0][0],
+            Expr::Payload {
+                base: 1,
+                offset: 8,
+                len: 16
+            }
+            .into()
+        );
+        // masqAll: `ip saddr 0.0.0.0/0` is kept by nft as a masked compare
+        let mut all = c.clone();
+        all.masq_all = true;
+        let m = nft_masq_rules(&all, &cont);
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            names(&m[0]),
+            ["payload", "bitwise", "cmp", "payload", "cmp", "masq"]
+        );
+        all.snat = false;
+        assert!(nft_masq_rules(&all, &cont).is_empty());
+        // `ip saddr 10.0.0.0/8 iifname "eth*" fib daddr type local jump hostports_all`
+        let e = nft_entry_rule(&[
+            NftCond::Addr {
+                src: true,
+                net: net("10.0.0.0/8"),
+                neq: false,
+            },
+            NftCond::Ifname {
+                out: false,
+                name: "eth".into(),
+                wildcard: true,
+                neq: false,
+            },
+        ]);
+        assert_eq!(
+            names(&e),
+            ["payload", "cmp", "meta", "cmp", "fib", "cmp", "immediate"]
+        );
+        assert_eq!(
+            e[3],
+            Expr::Cmp {
+                neq: false,
+                data: b"eth".to_vec()
+            }
+            .into()
+        );
+        assert_eq!(
+            e[5],
+            Expr::Cmp {
+                neq: false,
+                data: 2u32.to_ne_bytes().to_vec()
+            }
+            .into()
+        );
+    }
+
+    fn dumped(
+        family: u8,
+        chain: &str,
+        handle: u64,
+        cid: &str,
+        net: Option<&str>,
+        exprs: &[ExprExt],
+    ) -> DumpedRule {
+        let udata = match net {
+            Some(n) => nftables::udata(cid, &[(UDATA_NETWORK, n.as_bytes())]).unwrap(),
+            None => nftables::udata(cid, &[]).unwrap(),
+        };
+        DumpedRule {
+            family,
+            chain: chain.into(),
+            handle,
+            comment: cid.into(),
+            udata,
+            exprs: exprs.iter().flat_map(|e| e.to_wire().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn nftables_transactions() {
+        let c = conf(
+            json!({"backend": "nftables", "runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}),
+        )
+        .unwrap();
+        let cont = net("10.1.2.3/24");
+        // nothing there: the skeleton and the rules
+        let (b, created) = nft_setup_batch(&c, &[cont], &[]).unwrap();
+        assert_eq!(
+            created,
+            vec![(
+                false,
+                Created {
+                    dnat: true,
+                    masq: false
+                }
+            )]
+        );
+        // table, 3 chains, flush + 2 jumps, 2 x (chain, flush, rule), masquerading,
+        // 1 DNAT, 2 masquerade
+        assert_eq!(b.len(), 1 + 3 + 3 + 6 + 1 + 1 + 2);
+        // the skeleton in place and an earlier set of our rules: only those replaced
+        let entry = nft_entry_rule(&[]);
+        let jumps = hostports_all_rules();
+        let hp = nft_hostport_rules(&c, &cont);
+        let rules = vec![
+            dumped(2, NFT_HOSTPORTS_ALL, 1, "", None, &jumps[0]),
+            dumped(2, NFT_HOSTPORTS_ALL, 2, "", None, &jumps[1]),
+            dumped(2, NFT_PREROUTING, 3, "", None, &entry),
+            dumped(2, NFT_OUTPUT, 4, "", None, &entry),
+            dumped(2, NFT_HOSTPORTS, 5, "ctr1", Some("mynet"), &hp[0]),
+            dumped(2, NFT_HOSTPORTS, 6, "ctr1", Some("othernet"), &hp[0]),
+            dumped(2, NFT_HOSTPORTS, 7, "ctr1", None, &hp[0]),
+            dumped(2, NFT_MASQUERADING, 8, "ctr2", Some("mynet"), &hp[0]),
+        ];
+        let (b, created) = nft_setup_batch(&c, &[cont], &rules).unwrap();
+        assert_eq!(created[0].1, Created::default());
+        assert_eq!(b.len(), 1 + 1 + 2, "delete handle 5, add 3 rules");
+        nft_check(&c, &cont, &rules).unwrap_err(); // no masquerade rules for ctr1
+        let mut nosnat = c.clone();
+        nosnat.snat = false;
+        nft_check(&nosnat, &cont, &rules).unwrap();
+        assert!(nft_check(&nosnat, &net("10.1.2.4/24"), &rules).is_err());
+        // a changed condition rewrites the skeleton
+        let mut cond = c.clone();
+        cond.cond_v4 = vec!["iifname eth0".into()];
+        let (b, _) = nft_setup_batch(&cond, &[cont], &rules).unwrap();
+        assert!(b.len() > 10);
+        // DEL: ours and the reference's (untagged), not another network's
+        assert_eq!(
+            nft_teardown_batch("mynet", "ctr1", &rules, &[])
+                .unwrap()
+                .len(),
+            2
+        );
+        // GC: tagged rules of this network whose container is gone
+        assert_eq!(
+            nft_gc_batch("mynet", &["ctr1".into()], &rules)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            nft_gc_batch("mynet", &["ctr1".into(), "ctr2".into()], &rules)
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(nft_gc_batch("othernet", &[], &rules).unwrap().len(), 1);
+        // undoing an ADD that created the table removes it, unless others use it
+        let mine: Vec<DumpedRule> = rules[..5].to_vec();
+        let made = [(
+            false,
+            Created {
+                dnat: true,
+                masq: false,
+            },
+        )];
+        let b = nft_teardown_batch("mynet", "ctr1", &mine, &made).unwrap();
+        // rule 5, 3 flushes, 5 chains (no masquerading rule of ours), table
+        assert_eq!(b.len(), 1 + 3 + 5 + 1);
+        assert_eq!(
+            nft_teardown_batch("mynet", "ctr1", &rules, &made)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn userdata_carries_the_network() {
+        let u = nft_udata("mynet", "ctr1").unwrap();
+        assert_eq!(&u[..7], b"\x00\x05ctr1\x00");
+        assert_eq!(&u[7..], b"\xcb\x05mynet");
+        let r = DumpedRule {
+            udata: u,
+            ..Default::default()
+        };
+        assert_eq!(nft_rule_network(&r).as_deref(), Some("mynet"));
+        // a network name that does not fit is left out, the comment stays
+        let u = nft_udata(&"n".repeat(250), "ctr1").unwrap();
+        assert_eq!(u.len(), 7);
+        assert!(nft_udata("n", &"c".repeat(300)).is_err());
+    }
+}

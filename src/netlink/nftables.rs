@@ -960,6 +960,156 @@ pub fn exprs_match(dumped: &[u8], want: &[ExprExt]) -> bool {
     })
 }
 
+#[cfg(test)]
+mod portmap_tests {
+    use super::*;
+
+    fn elem(name: &str, data: &[Rtattr<u16, Buffer>]) -> Vec<u8> {
+        let e = nested(
+            NFTA_LIST_ELEM,
+            &[
+                attr(NFTA_EXPR_NAME, name).unwrap(),
+                nested(NFTA_EXPR_DATA, data).unwrap(),
+            ],
+        )
+        .unwrap();
+        let mut c = Cursor::new(Vec::new());
+        e.to_bytes(&mut c).unwrap();
+        c.into_inner()
+    }
+
+    fn be(v: u32) -> Buffer {
+        Buffer::from(v.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn wire_forms_are_nfts() {
+        // `fib daddr type` as nft sends it: flags, result, dreg
+        let fib = ExprExt::FibDaddrType.to_wire().unwrap();
+        let want = elem(
+            "fib",
+            &[
+                attr(3, be(2)).unwrap(),
+                attr(2, be(3)).unwrap(),
+                attr(1, be(1)).unwrap(),
+            ],
+        );
+        assert_eq!(fib, want);
+        // `nat dnat ip addr_min reg 1 proto_min reg 2`, flags "proto specified"
+        let mut c = Cursor::new(Vec::new());
+        ExprExt::Dnat {
+            family: NFPROTO_IPV4,
+        }
+        .encode()
+        .unwrap()
+        .to_bytes(&mut c)
+        .unwrap();
+        let sent = c.into_inner();
+        let want = elem(
+            "nat",
+            &[
+                attr(1, be(1)).unwrap(),
+                attr(2, be(2)).unwrap(),
+                attr(3, be(1)).unwrap(),
+                attr(5, be(2)).unwrap(),
+                attr(7, be(2)).unwrap(),
+            ],
+        );
+        assert_eq!(sent, want);
+    }
+
+    #[test]
+    fn dumps_match_in_any_attribute_order_with_kernel_extras() {
+        // the kernel dumps fib as dreg, result, flags; and nat with addr_max, proto_max
+        // and the flags it derived (0x3)
+        let fib = elem(
+            "fib",
+            &[
+                attr(1, be(1)).unwrap(),
+                attr(2, be(3)).unwrap(),
+                attr(3, be(2)).unwrap(),
+            ],
+        );
+        let nat = elem(
+            "nat",
+            &[
+                attr(1, be(1)).unwrap(),
+                attr(2, be(2)).unwrap(),
+                attr(3, be(1)).unwrap(),
+                attr(4, be(1)).unwrap(),
+                attr(5, be(2)).unwrap(),
+                attr(6, be(2)).unwrap(),
+                attr(7, be(3)).unwrap(),
+            ],
+        );
+        let dump = [fib.clone(), nat.clone()].concat();
+        let want = [
+            ExprExt::FibDaddrType,
+            ExprExt::Dnat {
+                family: NFPROTO_IPV4,
+            },
+        ];
+        assert!(exprs_match(&dump, &want));
+        // another family, another order of expressions, one missing: no match
+        assert!(!exprs_match(
+            &dump,
+            &[
+                ExprExt::FibDaddrType,
+                ExprExt::Dnat {
+                    family: NFPROTO_IPV6
+                }
+            ]
+        ));
+        assert!(!exprs_match(&[nat.clone(), fib].concat(), &want));
+        assert!(!exprs_match(&nat, &want));
+    }
+
+    #[test]
+    fn userdata_records() {
+        let u = udata("ctr1", &[(0xcb, b"net")]).unwrap();
+        assert_eq!(u, b"\x00\x05ctr1\x00\xcb\x03net");
+        assert_eq!(udata_comment(&u), "ctr1");
+        assert_eq!(
+            udata_records(&u),
+            vec![(0u8, &b"ctr1\x00"[..]), (0xcb, &b"net"[..])]
+        );
+        assert!(udata("c", &[(1, &[0u8; 255][..])]).is_none());
+    }
+
+    #[test]
+    fn family_matches() {
+        let mut e = Vec::new();
+        match_addr_in_family(&"0.0.0.0/0".parse().unwrap(), true, false, &mut e);
+        assert_eq!(
+            e,
+            vec![
+                ExprExt::from(Expr::Payload {
+                    base: 1,
+                    offset: 12,
+                    len: 4
+                }),
+                Expr::Mask(vec![0; 4]).into(),
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![0; 4]
+                }
+                .into()
+            ]
+        );
+        let mut e = Vec::new();
+        match_ifname(true, "lo", false, true, &mut e);
+        assert_eq!(e[0], Expr::Meta(NFT_META_OIFNAME).into());
+        assert_eq!(
+            e[1],
+            Expr::Cmp {
+                neq: true,
+                data: b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec()
+            }
+            .into()
+        );
+    }
+}
+
 // End of the portmap additions.
 // =======================================================================================
 
