@@ -784,7 +784,10 @@ pub fn ipt_teardown_script(net: &str, cid: &str, save: &str, created: Created) -
                     s += &format!("-D{}\n", &j[2..]);
                 }
             }
-            s += &format!("-F {DNAT_CHAIN}\n-X {DNAT_CHAIN}\n");
+            // no -F: it is empty by now, and iptables-nft's restore brings back a rule
+            // deleted earlier in the same script when the chain is flushed after it
+            // (the -X then fails with EBUSY)
+            s += &format!("-X {DNAT_CHAIN}\n");
         }
     }
     if created.masq && has_chain(save, SETMARK_CHAIN) && has_chain(save, MASQ_CHAIN) {
