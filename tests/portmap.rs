@@ -350,7 +350,7 @@ fn a_reused_udp_port_reaches_the_new_container() {
         let (_, pm) = bridge_then(&rig, backend, mappings);
         rig.call("portmap", "ADD", &pm).run().ok();
         let _a = serve(&rig.cont, "A");
-        expect("A 192.168.50.2", &format!("{backend}"), || {
+        expect("A 192.168.50.2", backend, || {
             udp(&ext, "192.168.50.1", 7070, Some(40000))
         });
         rig.call("portmap", "DEL", &pm).go().run().ok();
