@@ -20,6 +20,7 @@ mod host_local;
 mod ipvlan;
 mod loopback;
 mod macvlan;
+mod portmap;
 mod ptp;
 mod sbr;
 #[path = "static.rs"]
@@ -41,6 +42,7 @@ static APPLETS: &[Applet] = &[
     ipvlan::APPLET,
     loopback::APPLET,
     macvlan::APPLET,
+    portmap::APPLET,
     ptp::APPLET,
     sbr::APPLET,
     static_ipam::APPLET,

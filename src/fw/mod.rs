@@ -12,6 +12,7 @@
 
 pub mod firewall;
 pub mod ipmasq;
+pub mod portmap;
 pub mod spoofcheck;
 
 use crate::error::{cni_err, Code};

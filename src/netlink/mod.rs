@@ -15,6 +15,7 @@
 //! interrupted is sent again, up to [`DUMP_ATTEMPTS`] times (then code 11).
 
 pub mod addr;
+pub mod conntrack;
 pub mod consts;
 pub mod link;
 pub mod nftables;
