@@ -16,7 +16,12 @@ fn replay(target: &str, run: fn(&[u8])) {
             continue;
         };
         for e in rd.flatten() {
-            let data = std::fs::read(e.path()).unwrap();
+            // (A fuzzer running meanwhile may replace corpus files: one gone is skipped.)
+            let data = match std::fs::read(e.path()) {
+                Ok(d) => d,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => panic!("{}: {err}", e.path().display()),
+            };
             run(&data);
             n += 1;
         }
