@@ -5,6 +5,7 @@
 #   make lint     cargo fmt --check + clippy -D warnings
 #   make install  ./install.sh (PREFIX, CNI_BIN_DIR)
 #   make bench    cnibox vs the Go reference plugins, side by side
+#   make fuzz     run every cargo-fuzz target for FUZZ_TIME seconds (nightly; own netns)
 SHELL := /bin/bash
 CARGO ?= cargo
 LOCKED := $(if $(CI),--locked,)
@@ -12,9 +13,9 @@ PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 VMTEST ?= $(abspath ../shared/vmtest/run-in-vm)
 ORACLE_DIR := target/oracle
-APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils
+APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack
 
-.PHONY: build check test test-host test-vm lint install deps oracle bench clean
+.PHONY: build check test test-host test-vm lint install deps oracle bench fuzz clean
 
 build:
 	$(CARGO) build --release $(LOCKED)
@@ -27,11 +28,11 @@ check: deps oracle lint test
 test: test-host test-vm
 
 test-host:
-	CNIBOX_VLAN_TESTS_IN_VM=1 $(CARGO) test $(LOCKED)
+	CNIBOX_VLAN_TESTS_IN_VM=1 CNIBOX_DUMMY_TESTS_IN_VM=1 CNIBOX_VRF_TESTS_IN_VM=1 $(CARGO) test $(LOCKED)
 
 test-vm:
 	@test -x $(VMTEST) || { echo "test-vm: $(VMTEST) not found (needs ../shared)"; exit 1; }
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan -- --test-threads=1
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan --test dummy --test vrf -- --include-ignored --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -53,6 +54,17 @@ oracle:
 
 bench: build oracle
 	bench/run.sh
+
+# The fuzzers run in a network namespace of their own: the harness target runs real
+# applets (with a netns path that does not exist, so they stop at validation), and this
+# makes sure nothing they might try can reach the machine's network.
+FUZZ_TIME ?= 300
+FUZZ_TARGETS := harness cni_args results netlink store
+fuzz:
+	cd fuzz && $(CARGO) +nightly fuzz build
+	for t in $(FUZZ_TARGETS); do \
+		unshare --net -- sh -c "cd fuzz && $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) -print_final_stats=1" || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -174,6 +174,19 @@ fn parse(ctx: &Ctx) -> Result<Bridge> {
     trunk.dedup();
     let mtu = value::mtu(c.mtu)?;
     value::masq_backend(c.ip_masq_backend.as_deref())?;
+    if c.vlan != 0 && (c.is_gw || c.is_default_gw) {
+        // The VLAN gateway is named "<bridge>.<vlan>": it must be a valid name too.
+        value::ifname("bridge", &format!("{}.{}", c.bridge, c.vlan)).map_err(|_| {
+            value::invalid(
+                "bridge",
+                format!("{:?}", c.bridge),
+                format!(
+                    "is too long for a VLAN gateway: \"{}.{}\" must fit in 15 bytes",
+                    c.bridge, c.vlan
+                ),
+            )
+        })?;
+    }
     if c.is_default_gw {
         c.is_gw = true;
     }
@@ -359,7 +372,18 @@ fn ensure_vlan_gateway(
 ) -> Result<(cnibox::netlink::Link, u32, bool)> {
     let name = format!("{}.{vlan}", b.c.bridge);
     if let Some(l) = nl.link(LinkId::Name(&name))? {
-        return Ok((l, 0, false));
+        // Reuse only a complete gateway: a veth whose peer is a port of this bridge.
+        // Anything else under that name (left half-made by a crash, or by hand) is
+        // replaced, rather than silently giving containers a gateway that goes nowhere.
+        let complete = l.kind == "veth"
+            && nl
+                .link(LinkId::Index(l.link))?
+                .is_some_and(|p| p.master == br.index);
+        if complete {
+            return Ok((l, 0, false));
+        }
+        nl.delete_link(LinkId::Index(l.index))
+            .with_context(|| format!("failed to replace the incomplete VLAN gateway {name:?}"))?;
     }
     let peer = l3::random_veth_name();
     let req = NewLink {

@@ -9,10 +9,11 @@
 
 use anyhow::{anyhow, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
-use cnibox::cni::types::parse_route;
 use cnibox::cni::{CniResult, Dns, IpConfig};
+use cnibox::error::{cni_err, Code};
 use cnibox::ipam::alloc;
-use cnibox::ipam::range::{build_range_sets, RangeConf, RangeSet};
+use cnibox::ipam::conf::{parse_requested, parse_routes, string_list};
+use cnibox::ipam::range::{build_range_sets, config_err, RangeConf, RangeSet};
 use cnibox::ipam::store::{Store, DEFAULT_DATA_DIR};
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,7 +46,7 @@ struct Ipam {
     #[serde(rename = "rangeEnd")]
     range_end: String,
     gateway: String,
-    ranges: Vec<Vec<RangeConf>>,
+    ranges: Option<Vec<Vec<RangeConf>>>,
     routes: Vec<Value>,
     #[serde(rename = "dataDir")]
     data_dir: String,
@@ -59,29 +60,25 @@ struct Conf {
     ipam: Option<Ipam>,
 }
 
-struct Loaded {
-    ipam: Ipam,
-    store: Store,
+fn ipam(ctx: &Ctx) -> Result<Ipam> {
+    let conf: Conf = ctx.decode()?;
+    conf.ipam
+        .ok_or_else(|| cni_err(Code::InvalidConfig, "IPAM config missing 'ipam' key"))
 }
 
-fn load(ctx: &Ctx) -> Result<Loaded> {
-    let conf: Conf = ctx.decode()?;
-    let ipam = conf
-        .ipam
-        .ok_or_else(|| anyhow!("IPAM config missing 'ipam' key"))?;
+fn store(ctx: &Ctx, ipam: &Ipam) -> Result<Store> {
     let dir = if ipam.data_dir.is_empty() {
         PathBuf::from(DEFAULT_DATA_DIR)
     } else {
         PathBuf::from(&ipam.data_dir)
     };
-    let store = Store::open(&dir, &ctx.conf.name)?;
-    Ok(Loaded { ipam, store })
+    Store::open(&dir, &ctx.conf.name)
 }
 
 fn range_sets(ctx: &Ctx, ipam: &Ipam) -> Result<Vec<RangeSet>> {
     let runtime: Vec<Vec<RangeConf>> = match ctx.runtime_config("ipRanges") {
         Some(v) => cnibox::cni::decode::from_value(v.clone())
-            .map_err(|e| anyhow!("invalid runtimeConfig.ipRanges: {e}"))?,
+            .map_err(|e| cni_err(Code::Decode, format!("runtimeConfig.ipRanges: {e}")))?,
         None => vec![],
     };
     let legacy = RangeConf {
@@ -90,35 +87,41 @@ fn range_sets(ctx: &Ctx, ipam: &Ipam) -> Result<Vec<RangeSet>> {
         range_end: ipam.range_end.clone(),
         gateway: ipam.gateway.clone(),
     };
-    build_range_sets(&runtime, Some(&legacy), &ipam.ranges, ctx.version())
-}
-
-/// "ip" or "ip/len" (the prefix is ignored, as by the reference).
-fn parse_requested(s: &str) -> Result<IpAddr> {
-    let ip = s.split('/').next().unwrap_or(s);
-    ip.parse()
-        .map_err(|_| anyhow!("invalid IP address in request: {s}"))
+    build_range_sets(
+        &runtime,
+        Some(&legacy),
+        ipam.ranges.as_deref(),
+        ctx.version(),
+    )
 }
 
 /// Requested addresses from all three sources, merged (the reference does not let
-/// one override another here).
+/// one override another here). Each is "ip" or "ip/len" (the prefix is ignored). A bad
+/// `CNI_ARGS` value is an environment error (code 4: `CNI_ARGS` is how the runtime
+/// called us); a bad config value is a config error (code 7).
 fn requested(ctx: &Ctx) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
-    if let Some(ip) = ctx.cni_args.get("IP").filter(|s| !s.is_empty()) {
-        out.push(parse_requested(ip)?);
+    if let Some(s) = ctx.cni_args.get("IP").filter(|s| !s.is_empty()) {
+        let ip = parse_requested(s).ok_or_else(|| {
+            cni_err(
+                Code::InvalidEnv,
+                format!("CNI_ARGS: \"IP\": {s:?} is not an IP address"),
+            )
+        })?;
+        out.push(ip);
     }
-    for v in [ctx.args_cni("ips"), ctx.runtime_config("ips")]
-        .into_iter()
-        .flatten()
-    {
-        for item in v
-            .as_array()
-            .ok_or_else(|| anyhow!("'ips' must be a list"))?
-        {
-            let s = item
-                .as_str()
-                .ok_or_else(|| anyhow!("'ips' entries must be strings"))?;
-            let ip = parse_requested(s)?;
+    for (loc, v) in [
+        ("args.cni.ips", ctx.args_cni("ips")),
+        ("runtimeConfig.ips", ctx.runtime_config("ips")),
+    ] {
+        let Some(v) = v else { continue };
+        for (i, s) in string_list(v, loc)?.into_iter().enumerate() {
+            let ip = parse_requested(s).ok_or_else(|| {
+                config_err(
+                    &format!("{loc}[{i}]"),
+                    format!("{s:?} is not an IP address"),
+                )
+            })?;
             if !out.contains(&ip) {
                 out.push(ip);
             }
@@ -151,25 +154,22 @@ fn parse_resolv_conf(path: &str) -> Result<Dns> {
 }
 
 fn add(ctx: &Ctx) -> Result<CniResult> {
-    let l = load(ctx)?;
-    let sets = range_sets(ctx, &l.ipam)?;
-    let dns = if l.ipam.resolv_conf.is_empty() {
+    // Everything the config says is checked before the store is touched.
+    let ipam = ipam(ctx)?;
+    let sets = range_sets(ctx, &ipam)?;
+    let routes = parse_routes(&ipam.routes, "ipam.routes")?;
+    let requested = requested(ctx)?;
+    let dns = if ipam.resolv_conf.is_empty() {
         Dns::default()
     } else {
-        parse_resolv_conf(&l.ipam.resolv_conf)?
+        parse_resolv_conf(&ipam.resolv_conf)?
     };
-    let routes = l
-        .ipam
-        .routes
-        .iter()
-        .map(parse_route)
-        .collect::<Result<Vec<_>>>()?;
     let allocs = alloc::allocate(
-        &l.store,
+        &store(ctx, &ipam)?,
         &sets,
         &ctx.container_id,
         &ctx.ifname,
-        requested(ctx)?,
+        requested,
     )?;
     Ok(CniResult {
         cni_version: ctx.version().to_string(),
@@ -188,19 +188,19 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 }
 
 fn del(ctx: &Ctx) -> Result<()> {
-    let l = load(ctx)?;
-    alloc::release(&l.store, &ctx.container_id, &ctx.ifname)
+    let ipam = ipam(ctx)?;
+    alloc::release(&store(ctx, &ipam)?, &ctx.container_id, &ctx.ifname)
 }
 
 fn check(ctx: &Ctx) -> Result<()> {
-    let l = load(ctx)?;
-    alloc::check(&l.store, &ctx.container_id, &ctx.ifname)
+    let ipam = ipam(ctx)?;
+    alloc::check(&store(ctx, &ipam)?, &ctx.container_id, &ctx.ifname)
 }
 
 fn gc(ctx: &Ctx) -> Result<()> {
-    let l = load(ctx)?;
+    let ipam = ipam(ctx)?;
     let valid = ctx.valid_attachments()?;
-    alloc::gc(&l.store, &valid).map(|_| ())
+    alloc::gc(&store(ctx, &ipam)?, &valid).map(|_| ())
 }
 
 #[cfg(test)]
@@ -223,15 +223,5 @@ mod tests {
         assert_eq!(d.search, ["x.example", "y.example", "z.example"]);
         assert_eq!(d.options, ["ndots:5", "edns0"]);
         assert!(parse_resolv_conf("/nonexistent/resolv.conf").is_err());
-    }
-
-    #[test]
-    fn requested_ip_forms() {
-        assert_eq!(
-            parse_requested("10.0.0.5/24").unwrap().to_string(),
-            "10.0.0.5"
-        );
-        assert_eq!(parse_requested("fd00::5").unwrap().to_string(), "fd00::5");
-        assert!(parse_requested("nope").is_err());
     }
 }

@@ -5,32 +5,51 @@
 //! `cnibox` on its own offers `--list`, `--install DIR`, `--help` and `--version`.
 //! Plugin applets never see clap: every CNI failure must stay a JSON error object.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use cnibox::cni::skel::{self, Applet, Kind};
 
+mod bandwidth;
 mod bridge;
+mod dummy;
+mod firewall;
+#[path = "host-device.rs"]
+mod host_device;
 #[path = "host-local.rs"]
 mod host_local;
 mod ipvlan;
 mod loopback;
 mod macvlan;
+mod portmap;
 mod ptp;
+mod sbr;
 #[path = "static.rs"]
 mod static_ipam;
+mod tap;
 mod tuning;
 mod vlan;
+mod vrf;
 
 /// The applet table (busybox's model): dispatch, `--list` and `--install` all read it.
 /// Applets not built yet are simply absent.
 static APPLETS: &[Applet] = &[
+    bandwidth::APPLET,
     bridge::APPLET,
+    dummy::APPLET,
+    firewall::APPLET,
+    host_device::APPLET,
     host_local::APPLET,
     ipvlan::APPLET,
     loopback::APPLET,
     macvlan::APPLET,
+    portmap::APPLET,
     ptp::APPLET,
+    sbr::APPLET,
     static_ipam::APPLET,
+    tap::APPLET,
     tuning::APPLET,
     vlan::APPLET,
+    vrf::APPLET,
 ];
 
 fn main() {

@@ -9,8 +9,11 @@
 use anyhow::{anyhow, bail, Result};
 use cnibox::cni::args::CniArgs;
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
-use cnibox::cni::types::{parse_route, version_at_least};
+use cnibox::cni::types::version_at_least;
 use cnibox::cni::{CniResult, Dns, IpConfig};
+use cnibox::error::{cni_err, Code};
+use cnibox::ipam::conf::{parse_routes, string_list};
+use cnibox::ipam::range::config_err;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
@@ -52,28 +55,40 @@ struct Conf {
     ipam: Option<Ipam>,
 }
 
+/// A CIDR-valued address entry (host bits kept, as the reference does).
+fn cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok()
+}
+
 /// The effective addresses and the rest of the result, in the reference's priority.
+/// Values that cannot be used are config errors (code 7) naming where they are, with
+/// the reference's wording; bad `CNI_ARGS` values are environment errors (code 4).
 fn load(ctx: &Ctx) -> Result<CniResult> {
     let conf: Conf = ctx.decode()?;
     let ipam = conf
         .ipam
-        .ok_or_else(|| anyhow!("IPAM config missing 'ipam' key"))?;
+        .ok_or_else(|| cni_err(Code::InvalidConfig, "IPAM config missing 'ipam' key"))?;
     let mut ips: Vec<IpConfig> = Vec::new();
-    for a in &ipam.addresses {
-        let address: IpNet = a.address.parse().map_err(|_| {
-            anyhow!(
-                "the 'address' field is expected to be in CIDR notation, got: '{}'",
-                a.address
+    for (i, a) in ipam.addresses.iter().enumerate() {
+        let loc = format!("ipam.addresses[{i}]");
+        let address = cidr(&a.address).ok_or_else(|| {
+            config_err(
+                &loc,
+                format!(
+                    "the 'address' field is expected to be in CIDR notation, got: '{}'",
+                    a.address
+                ),
             )
         })?;
         let gateway = if a.gateway.is_empty() {
             None
         } else {
-            Some(
-                a.gateway
-                    .parse::<IpAddr>()
-                    .map_err(|_| anyhow!("invalid gateway address: {}", a.gateway))?,
-            )
+            Some(a.gateway.parse::<IpAddr>().map_err(|_| {
+                config_err(
+                    &loc,
+                    format!("\"gateway\": {:?} is not an IP address", a.gateway),
+                )
+            })?)
         };
         ips.push(IpConfig {
             interface: None,
@@ -82,11 +97,14 @@ fn load(ctx: &Ctx) -> Result<CniResult> {
         });
     }
     let args = CniArgs::parse(&ctx.args, &["IP", "GATEWAY"])?;
+    let env_err = |msg: String| cni_err(Code::InvalidEnv, format!("CNI_ARGS: {msg}"));
     if let Some(list) = args.get("IP").filter(|s| !s.is_empty()) {
         for item in list.split(',') {
             let s = item.trim();
-            let address: IpNet = s.parse().map_err(|_| {
-                anyhow!("the 'ip' field is expected to be in CIDR notation, got: '{s}'")
+            let address = cidr(s).ok_or_else(|| {
+                env_err(format!(
+                    "the 'ip' field is expected to be in CIDR notation, got: '{s}'"
+                ))
             })?;
             ips.push(IpConfig {
                 interface: None,
@@ -97,25 +115,27 @@ fn load(ctx: &Ctx) -> Result<CniResult> {
     }
     if let Some(list) = args.get("GATEWAY").filter(|s| !s.is_empty()) {
         for item in list.split(',') {
-            let gw: IpAddr = item
-                .trim()
-                .parse()
-                .map_err(|_| anyhow!("invalid gateway address: {item}"))?;
+            let item = item.trim();
+            let gw: IpAddr = item.parse().map_err(|_| {
+                env_err(format!(
+                    "\"GATEWAY\": invalid gateway address: {item:?} is not an IP address"
+                ))
+            })?;
             for ip in ips.iter_mut().filter(|ip| ip.address.contains(&gw)) {
                 ip.gateway = Some(gw);
             }
         }
     }
-    let replace = |list: &Value| -> Result<Vec<IpConfig>> {
-        let items = list
-            .as_array()
-            .ok_or_else(|| anyhow!("'ips' must be a list"))?;
-        items
-            .iter()
-            .map(|v| {
-                let s = v.as_str().unwrap_or_default();
-                let address: IpNet = s.parse().map_err(|_| {
-                    anyhow!("an entry in the 'ips' field is NOT in CIDR notation, got: '{s}'")
+    let replace = |list: &Value, loc: &str| -> Result<Vec<IpConfig>> {
+        string_list(list, loc)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let address = cidr(s).ok_or_else(|| {
+                    config_err(
+                        &format!("{loc}[{i}]"),
+                        format!("an entry in the 'ips' field is NOT in CIDR notation, got: '{s}'"),
+                    )
                 })?;
                 Ok(IpConfig {
                     interface: None,
@@ -125,31 +145,31 @@ fn load(ctx: &Ctx) -> Result<CniResult> {
             })
             .collect()
     };
+    // An empty list replaces nothing (the reference checks for a non-empty list).
     if let Some(list) = ctx
         .args_cni("ips")
-        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        .filter(|v| !v.as_array().is_some_and(|a| a.is_empty()))
     {
-        ips = replace(list)?;
+        ips = replace(list, "args.cni.ips")?;
     }
     if let Some(list) = ctx
         .runtime_config("ips")
-        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        .filter(|v| !v.as_array().is_some_and(|a| a.is_empty()))
     {
-        ips = replace(list)?;
+        ips = replace(list, "runtimeConfig.ips")?;
     }
     let v4 = ips.iter().filter(|i| i.address.addr().is_ipv4()).count();
     if (v4 > 1 || ips.len() - v4 > 1) && !version_at_least(ctx.version(), "0.3.0").unwrap_or(false)
     {
-        bail!(
-            "CNI version {} does not support more than 1 address per family",
-            ctx.version()
-        );
+        return Err(cni_err(
+            Code::InvalidConfig,
+            format!(
+                "CNI version {} does not support more than 1 address per family",
+                ctx.version()
+            ),
+        ));
     }
-    let routes = ipam
-        .routes
-        .iter()
-        .map(parse_route)
-        .collect::<Result<Vec<_>>>()?;
+    let routes = parse_routes(&ipam.routes, "ipam.routes")?;
     Ok(CniResult {
         cni_version: ctx.version().to_string(),
         interfaces: vec![],

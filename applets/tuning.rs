@@ -30,6 +30,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cnibox::cni::decode;
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
+use cnibox::cni::value::parse_hwaddr;
 use cnibox::cni::CniResult;
 use cnibox::error::{cni_err, Code};
 use cnibox::l3::Rollback;
@@ -265,40 +266,6 @@ fn plan(c: &Conf, ifname: &str) -> Result<Plan> {
         allmulti: c.allmulti.as_ref().map(|a| a.value),
         txqlen,
     })
-}
-
-/// Parse a hardware address the way Go's `net.ParseMAC` does: 6, 8 or 20 bytes as
-/// `xx:xx:..`, `xx-xx-..` or `xxxx.xxxx.xxxx`, one separator throughout.
-fn parse_hwaddr(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let hex2 = |p: &[u8]| -> Option<u8> {
-        let d = |c: u8| (c as char).to_digit(16);
-        Some((d(*p.first()?)? * 16 + d(*p.get(1)?)?) as u8)
-    };
-    if b.len() < 14 {
-        return None;
-    }
-    let (n, group, sep) = if b[2] == b':' || b[2] == b'-' {
-        ((b.len() + 1) / 3, 2, b[2])
-    } else if b[4] == b'.' {
-        (2 * (b.len() + 1) / 5, 4, b'.')
-    } else {
-        return None;
-    };
-    if !(b.len() + 1).is_multiple_of(group + 1) || ![6, 8, 20].contains(&n) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for (i, chunk) in b.chunks(group + 1).enumerate() {
-        let last = (i + 1) * (group + 1) > b.len();
-        if chunk.len() != group + usize::from(!last) || (!last && chunk[group] != sep) {
-            return None;
-        }
-        for pair in chunk[..group].chunks(2) {
-            out.push(hex2(pair)?);
-        }
-    }
-    (out.len() == n).then_some(out)
 }
 
 /// The reference refuses duplicate keys inside `sysctl` (Go would silently keep the

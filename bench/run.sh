@@ -28,6 +28,9 @@ if [ "${1:-}" != --inner ]; then
   ip netns add "$hostns"
   ip netns add "$contns"
   ip netns exec "$hostns" ip link set lo up
+  # a parent for macvlan: one end of a veth pair inside the bench's own host netns
+  ip netns exec "$hostns" ip link add cbxbenchpar type veth peer name cbxbenchpeer
+  ip netns exec "$hostns" ip link set cbxbenchpar up
   WORK=$work CONTNS=$contns ORACLE=$(readlink -f "$ORACLE") ip netns exec "$hostns" "$0" --inner
   exit
 fi
@@ -79,6 +82,105 @@ scenario() {
   done
 }
 
+# host-local alone, on an empty store and on one holding 2,000 reservations (written as
+# the Go plugin writes them): ADD must cost the same, DEL too (neither reads every
+# reservation). One warm-up ADD/DEL per store first (cnibox indexes a store it did not
+# write on its first call; that one-off scan is not what is measured). The two stores
+# are measured in alternation, so a change in the machine's load hits both alike.
+hl_store_scenario() {
+  local conf='{"cniVersion":"1.0.0","name":"hlbench","type":"host-local","ipam":{"type":"host-local","subnet":"10.97.0.0/16","dataDir":"@DATA@"}}'
+  local n op impl i
+  for impl in go rs; do
+    local dir=$work/rs; [ $impl = go ] && dir=$ORACLE
+    for n in 0 2000; do
+      local data=$work/hl-$impl-$n
+      mkdir -p "$data/hlbench"
+      for ((i = 0; i < n; i++)); do
+        printf 'pre%d\r\neth0' "$i" >"$data/hlbench/10.97.$((100 + i / 250)).$((1 + i % 250))"
+      done
+      local c=${conf//@DATA@/$data}
+      step "$dir" ADD "$c" >/dev/null; step "$dir" DEL "$c" >/dev/null
+      : >"$work/hl.$impl.$n.add"; : >"$work/hl.$impl.$n.del"
+    done
+    for i in $(seq "$N"); do
+      for n in 0 2000; do
+        local c=${conf//@DATA@/$work/hl-$impl-$n}
+        step "$dir" ADD "$c" >>"$work/hl.$impl.$n.add"
+        step "$dir" DEL "$c" >>"$work/hl.$impl.$n.del"
+      done
+    done
+  done
+  for n in 0 2000; do
+    for op in add del; do
+      local g r gc rc
+      g=$(cut -d' ' -f1 <"$work/hl.go.$n.$op" | median); r=$(cut -d' ' -f1 <"$work/hl.rs.$n.$op" | median)
+      gc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/hl.go.$n.$op"); rc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/hl.rs.$n.$op")
+      printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx | cpu: go %6d cnibox %6d us | floor %d us\n' \
+        "host-local, $n reservations" "$op" "$g" "$r" "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')" "$gc" "$rc" "$floor"
+    done
+  done
+  for op in add del; do
+    for impl in go rs; do
+      local e f ec fc name=cnibox; [ $impl = go ] && name=go
+      e=$(cut -d' ' -f1 <"$work/hl.$impl.0.$op" | median); f=$(cut -d' ' -f1 <"$work/hl.$impl.2000.$op" | median)
+      ec=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/hl.$impl.0.$op"); fc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/hl.$impl.2000.$op")
+      printf 'host-local %s %-6s 2,000 reservations vs empty: wall %5d vs %5d us = %4.2fx (above the floor: %4.2fx), cpu %5d vs %5d us = %4.2fx\n' \
+        "$op" "$name" "$f" "$e" "$(awk -v a="$f" -v b="$e" 'BEGIN{print (b>0)?a/b:0}')" \
+        "$(awk -v a="$f" -v b="$e" -v fl="$floor" 'BEGIN{print (b-fl>0)?(a-fl)/(b-fl):0}')" \
+        "$fc" "$ec" "$(awk -v a="$fc" -v b="$ec" 'BEGIN{print (b>0)?a/b:0}')"
+    done
+  done
+}
+
+
+# chain_scenario LABEL CONFLIST: a runtime's whole chain per container, as libcni runs it:
+# ADD through every plugin in order (each gets the previous result), CHECK in order with
+# the final result, DEL in reverse order with it. Each plugin call is timed on its own;
+# the whole chain is the sum. `runtimeConfig` (port mappings) is given to every plugin.
+chain_scenario() {
+  local label=$1 list=$2 rc='{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":8053,"containerPort":53,"protocol":"udp"}]}'
+  local n; n=$(jq '.plugins | length' <<<"$list")
+  for impl in go rs; do
+    local dir=$work/rs; [ $impl = go ] && dir=$ORACLE
+    for ((k = 0; k < n; k++)); do : >"$work/ch.$impl.$k.add"; : >"$work/ch.$impl.$k.check"; : >"$work/ch.$impl.$k.del"; done
+    for i in $(seq "$N"); do
+      local prev=null k conf
+      for ((k = 0; k < n; k++)); do
+        conf=$(jq -c --argjson k "$k" --argjson p "$prev" --argjson rc "$rc" \
+          '.plugins[$k] + {cniVersion: .cniVersion, name: .name, runtimeConfig: $rc} + (if $p == null then {} else {prevResult: $p} end)' <<<"${list//@DATA@/$work/data-$impl}")
+        step "$dir" ADD "$conf" >>"$work/ch.$impl.$k.add"
+        prev=$(cat "$work/out")
+      done
+      for ((k = 0; k < n; k++)); do
+        conf=$(jq -c --argjson k "$k" --argjson p "$prev" --argjson rc "$rc" \
+          '.plugins[$k] + {cniVersion: .cniVersion, name: .name, runtimeConfig: $rc, prevResult: $p}' <<<"${list//@DATA@/$work/data-$impl}")
+        step "$dir" CHECK "$conf" >>"$work/ch.$impl.$k.check"
+      done
+      for ((k = n - 1; k >= 0; k--)); do
+        conf=$(jq -c --argjson k "$k" --argjson p "$prev" --argjson rc "$rc" \
+          '.plugins[$k] + {cniVersion: .cniVersion, name: .name, runtimeConfig: $rc, prevResult: $p}' <<<"${list//@DATA@/$work/data-$impl}")
+        step "$dir" DEL "$conf" >>"$work/ch.$impl.$k.del"
+      done
+    done
+  done
+  for op in add check del; do
+    local tg=0 tr=0 tgc=0 trc=0
+    for ((k = 0; k < n; k++)); do
+      local g r gc rcpu name
+      name=$(jq -r --argjson k "$k" '.plugins[$k].type' <<<"$list")
+      g=$(cut -d' ' -f1 <"$work/ch.go.$k.$op" | median); r=$(cut -d' ' -f1 <"$work/ch.rs.$k.$op" | median)
+      gc=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/ch.go.$k.$op"); rcpu=$(awk '{s+=$2} END {printf "%d", s/NR}' "$work/ch.rs.$k.$op")
+      tg=$((tg + g)); tr=$((tr + r)); tgc=$((tgc + gc)); trc=$((trc + rcpu))
+      printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx | cpu: go %6d cnibox %6d us %5.1fx\n' "  $name" "$op" \
+        "$g" "$r" "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')" \
+        "$gc" "$rcpu" "$(awk -v g="$gc" -v r="$rcpu" 'BEGIN{print (r>0)?g/r:0}')"
+    done
+    printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx | cpu: go %6d cnibox %6d us %5.1fx\n' "$label (whole chain)" "$op" \
+      "$tg" "$tr" "$(awk -v g="$tg" -v r="$tr" 'BEGIN{print (r>0)?g/r:0}')" \
+      "$tgc" "$trc" "$(awk -v g="$tgc" -v r="$trc" 'BEGIN{print (r>0)?g/r:0}')"
+  done
+}
+
 floor=$(for i in $(seq 21); do t0=$(now_ns); /bin/true; t1=$(now_ns); echo $(( (t1 - t0) / 1000 )); done | median)
 echo "cnibox bench: $N iterations per step; wall = median wall time of one plugin call (incl. IPAM),"
 echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, iptables)"
@@ -89,3 +191,19 @@ scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benc
 scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 CNIBOX_NO_INPROCESS=1 scenario "bridge + host-local, IPAM exec'd" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "ptp + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"ptp","ipam":{"type":"host-local","subnet":"10.98.0.0/24","dataDir":"@DATA@"}}'
+hl_store_scenario
+chain_scenario "podman chain, nftables" '{"cniVersion":"1.0.0","name":"podnet","plugins":[
+  {"type":"bridge","bridge":"cbxbench1","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","hairpinMode":true,"ipam":{"type":"host-local","subnet":"10.96.0.0/24","dataDir":"@DATA@"}},
+  {"type":"portmap","capabilities":{"portMappings":true},"backend":"nftables"},
+  {"type":"firewall","backend":"nftables"},
+  {"type":"tuning","mtu":1400,"sysctl":{"net.ipv4.conf.eth0.arp_notify":"1"},"dataDir":"@DATA@/tuning"}]}'
+chain_scenario "podman chain, iptables" '{"cniVersion":"1.0.0","name":"podnet","plugins":[
+  {"type":"bridge","bridge":"cbxbench1","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","hairpinMode":true,"ipam":{"type":"host-local","subnet":"10.96.0.0/24","dataDir":"@DATA@"}},
+  {"type":"portmap","capabilities":{"portMappings":true},"backend":"iptables"},
+  {"type":"firewall","backend":"iptables"},
+  {"type":"tuning","mtu":1400,"sysctl":{"net.ipv4.conf.eth0.arp_notify":"1"},"dataDir":"@DATA@/tuning"}]}'
+chain_scenario "bridge + bandwidth" '{"cniVersion":"1.0.0","name":"bwnet","plugins":[
+  {"type":"bridge","bridge":"cbxbench2","isGateway":true,"ipam":{"type":"host-local","subnet":"10.95.0.0/24","dataDir":"@DATA@"}},
+  {"type":"bandwidth","ingressRate":10000000,"ingressBurst":100000,"egressRate":10000000,"egressBurst":100000}]}'
+chain_scenario "macvlan + host-local" '{"cniVersion":"1.0.0","name":"mvnet","plugins":[
+  {"type":"macvlan","master":"cbxbenchpar","mode":"bridge","ipam":{"type":"host-local","subnet":"10.94.0.0/24","dataDir":"@DATA@"}}]}'

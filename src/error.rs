@@ -96,6 +96,13 @@ pub fn cni_err(code: Code, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(CniError::new(code, msg))
 }
 
+/// The CNI code of a coded error somewhere in `err`'s chain (`None`: uncoded, 999).
+pub fn code_of(err: &anyhow::Error) -> Option<u32> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<CniError>())
+        .map(|c| c.code)
+}
+
 /// `bail!` for coded errors.
 #[macro_export]
 macro_rules! cni_bail {
@@ -116,6 +123,13 @@ mod tests {
         let c = CniError::from_anyhow(&e);
         assert_eq!(c.code, 7);
         assert_eq!(c.msg, "bridge ADD: parse config: missing network name");
+    }
+
+    #[test]
+    fn code_of_finds_the_code_under_context() {
+        let e = cni_err(Code::TryAgainLater, "busy").context("outer");
+        assert_eq!(code_of(&e), Some(11));
+        assert_eq!(code_of(&anyhow::anyhow!("plain")), None);
     }
 
     #[test]

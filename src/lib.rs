@@ -8,6 +8,8 @@
 //! - [`sysctl`]: `/proc/sys` reads and writes;
 //! - [`error`]: the one CNI error type.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cni;
 pub mod error;
 pub mod fw;
@@ -16,5 +18,6 @@ pub mod l3;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+pub mod tap;
 
 pub use anyhow::{Context, Result};

@@ -199,9 +199,8 @@ fn existing_bridge_is_reused_and_non_bridge_refused() {
     let conf = bridge_conf(&rig, "1.0.0", json!({}), v4());
     let out = rig.call("bridge", "ADD", &conf).run();
     assert!(
-        out.stdout
-            .contains("\\\"cbr0\\\" already exists but is not a bridge")
-            || out.stdout.contains("already exists but is not a bridge"),
+        out.err_text()
+            .contains("already exists but is not a bridge"),
         "{}",
         out.stdout
     );
@@ -227,12 +226,9 @@ fn l2_only() {
     for ver in ["0.1.0", "0.2.0"] {
         let mut c = conf.clone();
         c["cniVersion"] = json!(ver);
-        let out = rig.call("bridge", "ADD", &c).run();
-        assert!(
-            out.stdout.contains("cannot convert: no valid IP addresses"),
-            "{}",
-            out.stdout
-        );
+        rig.call("bridge", "ADD", &c)
+            .run()
+            .fails_with(1, "cannot convert: no valid IP addresses");
         assert!(
             link(&rig.cont, "eth0").is_none(),
             "nothing created for a result that cannot be printed"
@@ -534,6 +530,8 @@ fn del_with_netns_gone_still_removes_rules() {
 
 #[test]
 fn check_detects_changes() {
+    // Each negative CHECK must fail for the reason we caused (its message says so), and
+    // the state is repaired before the next change, so each reason is tested alone.
     for ranges in [v4(), v6(), dual()] {
         let rig = Rig::new();
         let conf = bridge_conf(&rig, "1.0.0", json!({"isDefaultGateway": true}), ranges);
@@ -542,10 +540,9 @@ fn check_detects_changes() {
         rig.call("bridge", "CHECK", &c).run().ok();
         let addr = v["ips"][0]["address"].as_str().unwrap();
         rig.cont.ip(&["addr", "del", addr, "dev", "eth0"]);
-        assert_eq!(
-            rig.call("bridge", "CHECK", &c).run().code,
-            1,
-            "missing address detected"
+        rig.call("bridge", "CHECK", &c).run().fails_with(
+            999,
+            &format!("Failed to match addr {addr} on interface eth0"),
         );
     }
     let rig = Rig::new();
@@ -553,26 +550,28 @@ fn check_detects_changes() {
     let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
     let c = with_prev(&conf, &v);
     rig.cont.ip(&["route", "del", "default"]);
-    assert_eq!(
-        rig.call("bridge", "CHECK", &c).run().code,
-        1,
-        "missing route detected"
-    );
+    rig.call("bridge", "CHECK", &c)
+        .run()
+        .fails_with(999, "Failed to match route 0.0.0.0/0 via 10.1.2.1");
+    // Route back: CHECK passes again, so what fails next is the MAC alone.
+    rig.cont
+        .ip(&["route", "add", "default", "via", "10.1.2.1", "dev", "eth0"]);
+    rig.call("bridge", "CHECK", &c).run().ok();
+    let mac = v["interfaces"][2]["mac"].as_str().unwrap();
     rig.cont
         .ip(&["link", "set", "eth0", "address", "0a:58:00:00:00:01"]);
-    assert_eq!(
-        rig.call("bridge", "CHECK", &c).run().code,
-        1,
-        "changed MAC detected"
+    rig.call("bridge", "CHECK", &c).run().fails_with(
+        999,
+        &format!("Interface eth0 Mac {mac} doesn't match: 0a:58:00:00:00:01"),
     );
+    rig.cont.ip(&["link", "set", "eth0", "address", mac]);
+    rig.call("bridge", "CHECK", &c).run().ok();
     let mut old = c.clone();
     old["cniVersion"] = json!("0.3.1");
     old["prevResult"]["cniVersion"] = json!("0.3.1");
-    assert!(rig
-        .call("bridge", "CHECK", &old)
+    rig.call("bridge", "CHECK", &old)
         .run()
-        .stdout
-        .contains("config version does not allow CHECK"));
+        .fails_with(1, "config version does not allow CHECK");
 }
 
 #[test]
@@ -668,10 +667,7 @@ fn config_validation() {
         let out = rig.call("bridge", "ADD", &conf).run();
         assert_eq!(out.err_code(), code, "{extra}: {}", out.stdout);
         assert!(
-            out.json.as_ref().unwrap()["msg"]
-                .as_str()
-                .unwrap()
-                .contains(msg),
+            out.err_text().contains(msg),
             "{extra}: want {msg:?} in {}",
             out.stdout
         );
@@ -908,12 +904,12 @@ fn status_delegates_to_ipam() {
     assert_eq!((out.code, out.stdout.as_str()), (0, ""));
     let mut missing = conf.clone();
     missing["ipam"]["type"] = json!("no-such-ipam");
-    let out = rig.call("bridge", "STATUS", &missing).run();
-    assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("no-such-ipam"), "{}", out.stdout);
+    rig.call("bridge", "STATUS", &missing)
+        .run()
+        .fails_with(7, "failed to find plugin \"no-such-ipam\"");
     // L2-only: nothing to ask
     let l2 = json!({"cniVersion": "1.1.0", "name": "l2", "type": "bridge"});
-    assert_eq!(rig.call("bridge", "STATUS", &l2).run().code, 0);
+    rig.call("bridge", "STATUS", &l2).run().ok();
 }
 
 #[test]
@@ -1060,7 +1056,7 @@ fn default_gateway_with_an_ipam_default_route_without_gw() {
         .go()
         .run();
     assert!(
-        go.stdout.contains("file exists"),
+        go.err_text().contains("file exists"),
         "the reference still fails here: {}",
         go.stdout
     );

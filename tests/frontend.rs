@@ -138,7 +138,7 @@ fn install_script_installs_and_uninstalls() {
     let (code, out, _) = run(&cni.join("loopback"), &[], &[("CNI_COMMAND", "VERSION")]);
     assert_eq!(code, 0);
     assert!(out.contains("supportedVersions"));
-    std::fs::write(cni.join("portmap"), "someone else's").unwrap();
+    std::fs::write(cni.join("someone-elses-plugin"), "someone else's").unwrap();
     let out = Command::new("bash")
         .arg(&script)
         .args(args)
@@ -149,7 +149,7 @@ fn install_script_installs_and_uninstalls() {
     assert!(!installed.exists());
     assert!(!cni.join("bridge").exists());
     assert!(
-        cni.join("portmap").exists(),
+        cni.join("someone-elses-plugin").exists(),
         "files we did not install stay"
     );
     let _ = std::fs::remove_dir_all(&d);

@@ -1,5 +1,6 @@
-//! host-local through the built binary: §4.10 scenarios, state compatibility with the Go
-//! plugin both ways, concurrency with a mixed Go/cnibox population, crash safety, GC.
+//! host-local through the built binary: §4.10 scenarios, config errors, state
+//! compatibility with the Go plugin both ways, concurrency with a mixed Go/cnibox
+//! population, GC. The store under stress (lock, kills, index) is in host_local_store.rs.
 
 mod common;
 
@@ -331,73 +332,169 @@ fn range_end_moves_to_next_range() {
     );
 }
 
+/// Invalid IPAM config through the binary: the code, and a message naming the key and
+/// the value (JSON type mismatches are decode errors, code 6). Nothing is created in
+/// dataDir by a refused config.
 #[test]
 fn config_errors() {
     let rig = Rig::new();
-    let cases = [
-        (
-            json!({"subnet": "10.1.2.0/31"}),
-            "Network 10.1.2.0/31 too small to allocate from",
-        ),
-        (
-            json!({"subnet": "10.1.2.5/24"}),
-            "Network has host bits set",
-        ),
-        (
-            json!({"ranges": [[{"subnet": "10.1.2.0/24"}, {"subnet": "10.1.2.128/25"}]]}),
-            "overlap",
-        ),
-        (
-            json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.2.0/24"}]]}),
-            "range set 1 overlaps with 0",
-        ),
-        (
-            json!({"ranges": [[{"subnet": "10.1.2.0/24"}, {"subnet": "2001:db8::/64"}]]}),
-            "mixed address families",
-        ),
-        (
-            json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.3.1"}),
-            "10.1.3.1",
-        ),
-        (
-            json!({"subnet": "10.1.2.0/24", "rangeEnd": "10.1.4.1"}),
-            "10.1.4.1",
-        ),
-        (json!({}), "no IP ranges specified"),
+    let r = |range: Value| json!({"ranges": [[range]]});
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, Value, &str, i64, &str)> = vec![
+        ("subnet without prefix", json!({"subnet": "10.1.2.0"}), json!({}), "", 7,
+         r#"ipam: "subnet": "10.1.2.0" is not a CIDR (address/prefix length)"#),
+        ("subnet bad address", json!({"subnet": "10.1.2.300/24"}), json!({}), "", 7,
+         r#"ipam: "subnet": "10.1.2.300/24" is not a CIDR: "10.1.2.300" is not an IP address"#),
+        ("subnet prefix too long v4", r(json!({"subnet": "10.1.2.0/33"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "subnet": "10.1.2.0/33": prefix length "33" is out of range for IPv4 (0-32)"#),
+        ("subnet prefix too long v6", r(json!({"subnet": "fd00::/129"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "subnet": "fd00::/129": prefix length "129" is out of range for IPv6 (0-128)"#),
+        ("subnet prefix not a number", json!({"subnet": "10.1.2.0/x"}), json!({}), "", 7,
+         r#""subnet": "10.1.2.0/x": prefix length "x" is out of range"#),
+        ("subnet /31", json!({"subnet": "10.1.2.0/31"}), json!({}), "", 7,
+         r#"ipam: "subnet": 10.1.2.0/31 is too small to allocate from (the smallest is /30)"#),
+        ("subnet /32", json!({"subnet": "10.1.2.1/32"}), json!({}), "", 7,
+         r#""subnet": 10.1.2.1/32 is too small to allocate from"#),
+        ("subnet /127", r(json!({"subnet": "fd00::/127"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "subnet": fd00::/127 is too small to allocate from (the smallest is /126)"#),
+        ("subnet /128", r(json!({"subnet": "fd00::1/128"})), json!({}), "", 7,
+         r#""subnet": fd00::1/128 is too small"#),
+        ("subnet host bits", json!({"subnet": "10.1.2.5/24"}), json!({}), "", 7,
+         r#"ipam: "subnet": 10.1.2.5/24 has host bits set (the network is 10.1.2.0/24)"#),
+        ("subnet missing in a range", r(json!({"rangeStart": "10.1.2.5"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "subnet" is missing"#),
+        ("rangeStart not an IP", r(json!({"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.300"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "rangeStart": "10.0.0.300" is not an IP address"#),
+        ("rangeEnd not an IP", json!({"subnet": "10.0.0.0/24", "rangeEnd": "x"}), json!({}), "", 7,
+         r#"ipam: "rangeEnd": "x" is not an IP address"#),
+        ("rangeStart outside", json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.3.1"}), json!({}), "", 7,
+         r#"ipam: "rangeStart": 10.1.3.1 is outside "subnet" 10.1.2.0/24"#),
+        ("rangeEnd outside", json!({"subnet": "10.1.2.0/24", "rangeEnd": "10.1.4.1"}), json!({}), "", 7,
+         r#"ipam: "rangeEnd": 10.1.4.1 is outside "subnet" 10.1.2.0/24"#),
+        ("rangeStart other family", json!({"subnet": "10.1.2.0/24", "rangeStart": "fd00::1"}), json!({}), "", 7,
+         r#"ipam: "rangeStart": fd00::1 is outside "subnet" 10.1.2.0/24"#),
+        ("rangeStart after rangeEnd", r(json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.50", "rangeEnd": "10.1.2.10"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "rangeStart": 10.1.2.50 is after "rangeEnd" 10.1.2.10"#),
+        ("rangeStart after the default rangeEnd", json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.255"}), json!({}), "", 7,
+         r#"ipam: "rangeStart": 10.1.2.255 is after "rangeEnd" 10.1.2.254 (default)"#),
+        ("gateway not an IP", json!({"subnet": "10.0.0.0/24", "gateway": "10.0.0.x"}), json!({}), "", 7,
+         r#"ipam: "gateway": "10.0.0.x" is not an IP address"#),
+        ("gateway outside", json!({"subnet": "10.0.0.0/24", "gateway": "10.1.0.1"}), json!({}), "", 7,
+         r#"ipam: "gateway": 10.1.0.1 is outside "subnet" 10.0.0.0/24"#),
+        ("gateway other family", r(json!({"subnet": "fd00::/64", "gateway": "10.0.0.1"})), json!({}), "", 7,
+         r#"ipam.ranges[0][0]: "gateway": 10.0.0.1 is outside "subnet" fd00::/64"#),
+        ("range of only the gateway", json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.1", "rangeEnd": "10.1.2.1"}), json!({}), "", 7,
+         r#"ipam: the range 10.1.2.1-10.1.2.1 holds only its "gateway" 10.1.2.1: no address to allocate"#),
+        ("no ranges at all", json!({}), json!({}), "", 7,
+         r#"no IP ranges specified: neither "ranges" nor "subnet" is set"#),
+        ("empty ranges", json!({"ranges": []}), json!({}), "", 7,
+         r#"no IP ranges specified: "ranges" is empty and there is no "subnet""#),
+        ("empty range set", json!({"ranges": [[{"subnet": "10.1.2.0/24"}], []]}), json!({}), "", 7,
+         r#"ipam.ranges[1]: the range set is empty (it needs at least one range)"#),
+        ("overlapping ranges in a set", json!({"ranges": [[{"subnet": "10.1.2.0/24"}, {"subnet": "10.1.2.128/25"}]]}), json!({}), "", 7,
+         r#"ipam.ranges[0][1]: 10.1.2.129-10.1.2.254 (in 10.1.2.128/25) overlaps ipam.ranges[0][0] (10.1.2.1-10.1.2.254 in 10.1.2.0/24)"#),
+        ("overlapping sets", json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.2.0/24"}]]}), json!({}), "", 7,
+         r#"ipam.ranges[1]: range set 10.1.2.1-10.1.2.254 overlaps ipam.ranges[0] (10.1.2.1-10.1.2.254)"#),
+        ("legacy range overlapping a set", json!({"subnet": "10.1.2.0/24", "ranges": [[{"subnet": "10.1.2.0/25"}]]}), json!({}), "", 7,
+         r#"ipam.ranges[0]: range set 10.1.2.1-10.1.2.126 overlaps ipam (10.1.2.1-10.1.2.254)"#),
+        ("ipRanges overlapping a set", json!({"ranges": [[{"subnet": "10.1.2.0/24"}]]}),
+         json!({"runtimeConfig": {"ipRanges": [[{"subnet": "10.1.2.0/24"}]]}}), "", 7,
+         r#"ipam.ranges[0]: range set 10.1.2.1-10.1.2.254 overlaps runtimeConfig.ipRanges[0] (10.1.2.1-10.1.2.254)"#),
+        ("bad ipRanges", json!({"ranges": [[{"subnet": "10.1.2.0/24"}]]}),
+         json!({"runtimeConfig": {"ipRanges": [[{"subnet": "10.1.3.0/24", "rangeEnd": "10.1.2.9"}]]}}), "", 7,
+         r#"runtimeConfig.ipRanges[0][0]: "rangeEnd": 10.1.2.9 is outside "subnet" 10.1.3.0/24"#),
+        ("mixed families in a set", json!({"ranges": [[{"subnet": "10.1.2.0/24"}, {"subnet": "2001:db8::/64"}]]}), json!({}), "", 7,
+         r#"ipam.ranges[0][1]: "subnet" 2001:db8::/64 is IPv6 but ipam.ranges[0][0] (10.1.2.0/24) is IPv4: a range set holds one family"#),
+        ("route dst not a CIDR", json!({"subnet": "10.1.2.0/24", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.9.0.0"}]}), json!({}), "", 7,
+         r#"ipam.routes[1]: "dst": "10.9.0.0" is not a CIDR (address/prefix length)"#),
+        ("route dst missing", json!({"subnet": "10.1.2.0/24", "routes": [{"gw": "10.1.2.1"}]}), json!({}), "", 7,
+         r#"ipam.routes[0]: "dst" is missing"#),
+        ("route gw not an IP", json!({"subnet": "10.1.2.0/24", "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2.256"}]}), json!({}), "", 7,
+         r#"ipam.routes[0]: "gw": "10.1.2.256" is not an IP address"#),
+        ("runtimeConfig.ips not an IP", json!({"subnet": "10.1.2.0/24"}), json!({"runtimeConfig": {"ips": ["10.1.2.5", "nope"]}}), "", 7,
+         r#"runtimeConfig.ips[1]: "nope" is not an IP address"#),
+        ("runtimeConfig.ips bad prefix", json!({"subnet": "10.1.2.0/24"}), json!({"runtimeConfig": {"ips": ["10.1.2.5/33"]}}), "", 7,
+         r#"runtimeConfig.ips[0]: "10.1.2.5/33" is not an IP address"#),
+        ("args.cni.ips not an IP", json!({"subnet": "10.1.2.0/24"}), json!({"args": {"cni": {"ips": ["10.1.2.300"]}}}), "", 7,
+         r#"args.cni.ips[0]: "10.1.2.300" is not an IP address"#),
+        ("CNI_ARGS IP not an IP", json!({"subnet": "10.1.2.0/24"}), json!({}), "IP=10.1.2.x", 4,
+         r#"CNI_ARGS: "IP": "10.1.2.x" is not an IP address"#),
+        ("two IPv4 sets under 0.2.0", json!({"cniVersion": "0.2.0", "ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.3.0/24"}]]}), json!({}), "", 7,
+         "CNI version 0.2.0 does not support more than 1 address per family"),
+        ("ipam missing", Value::Null, json!({}), "", 7, "IPAM config missing 'ipam' key"),
+        // JSON type mismatches: decode errors
+        ("subnet a number", json!({"subnet": 10}), json!({}), "", 6, "failed to load netconf"),
+        ("ranges a string", json!({"ranges": "10.1.2.0/24"}), json!({}), "", 6, "failed to load netconf"),
+        ("runtimeConfig.ips a string", json!({"subnet": "10.1.2.0/24"}), json!({"runtimeConfig": {"ips": "10.1.2.5"}}), "", 6,
+         r#"runtimeConfig.ips: expected a list of strings, got "10.1.2.5""#),
+        ("args.cni.ips of numbers", json!({"subnet": "10.1.2.0/24"}), json!({"args": {"cni": {"ips": [5]}}}), "", 6,
+         "args.cni.ips: expected a list of strings, got [5]"),
+        ("ipRanges a string", json!({"subnet": "10.1.2.0/24"}), json!({"runtimeConfig": {"ipRanges": "x"}}), "", 6,
+         "runtimeConfig.ipRanges: "),
+        ("route dst a number", json!({"subnet": "10.1.2.0/24", "routes": [{"dst": 0}]}), json!({}), "", 6,
+         "ipam.routes[0]: dst: expected a string, got 0"),
+        ("route not an object", json!({"subnet": "10.1.2.0/24", "routes": ["0.0.0.0/0"]}), json!({}), "", 6,
+         r#"ipam.routes[0]: expected an object, got "0.0.0.0/0""#),
     ];
-    for (ipam, msg) in cases {
-        let out = rig
-            .call("host-local", "ADD", &conf(&rig, "1.0.0", ipam.clone()))
-            .run();
-        assert_eq!(out.code, 1, "{ipam}");
-        assert!(
-            out.stdout.contains(msg),
-            "{ipam}: want {msg:?} in {}",
-            out.stdout
-        );
+    for (what, ipam, extra, args, code, msg) in cases {
+        let mut c = if ipam.is_null() {
+            json!({"cniVersion": "1.0.0", "name": "hlnet", "type": "ipam-test"})
+        } else {
+            let mut ipam = ipam.clone();
+            let ver = ipam
+                .as_object_mut()
+                .and_then(|o| o.remove("cniVersion"))
+                .unwrap_or(json!("1.0.0"));
+            let mut c = conf(&rig, "1.0.0", ipam);
+            c["cniVersion"] = ver;
+            c
+        };
+        if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        let mut call = rig.call("host-local", "ADD", &c);
+        if !args.is_empty() {
+            call = call.args(args);
+        }
+        let out = call.run();
+        assert_eq!(out.err_code(), code, "{what}: {}", out.stdout);
+        let got = out.json.as_ref().unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(got.contains(msg), "{what}: want {msg:?}\n in {got:?}");
     }
-    let out = rig
+    assert!(
+        !rig.data_dir().exists(),
+        "a refused config must not create the store"
+    );
+    // The smallest networks the reference accepts still work.
+    let v = rig
         .call(
             "host-local",
             "ADD",
-            &json!({"cniVersion": "1.0.0", "name": "x", "type": "t"}),
+            &conf(&rig, "1.0.0", json!({"subnet": "10.1.2.0/30"})),
         )
-        .run();
-    assert!(
-        out.stdout.contains("IPAM config missing 'ipam' key"),
-        "{}",
-        out.stdout
-    );
-    let two_v4 = json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.3.0/24"}]]});
-    let out = rig
-        .call("host-local", "ADD", &conf(&rig, "0.2.0", two_v4))
-        .run();
-    assert!(
-        out.stdout
-            .contains("CNI version 0.2.0 does not support more than 1 address per family"),
-        "{}",
-        out.stdout
-    );
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(addr_of(&v, 0), "10.1.2.2/30");
+    let v = rig
+        .call(
+            "host-local",
+            "ADD",
+            &conf(
+                &rig,
+                "1.0.0",
+                json!({"ranges": [[{"subnet": "fd00::/126"}]]}),
+            ),
+        )
+        .id("v6")
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(addr_of(&v, 0), "fd00::2/126");
+    // One v4 and one v6 set are fine under 0.2.0.
     let v = rig
         .call(
             "host-local",
@@ -405,13 +502,14 @@ fn config_errors() {
             &conf(
                 &rig,
                 "0.2.0",
-                json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8::/64"}]]}),
+                json!({"ranges": [[{"subnet": "10.1.3.0/24"}], [{"subnet": "2001:db8::/64"}]]}),
             ),
         )
+        .id("old")
         .run()
         .ok()
         .clone();
-    assert_eq!(v["ip4"]["ip"], "10.1.2.2/24");
+    assert_eq!(v["ip4"]["ip"], "10.1.3.2/24");
     assert_eq!(v["ip6"]["ip"], "2001:db8::2/64");
     // network names cannot escape dataDir (the harness validates them, code 7)
     let out = rig.call("host-local", "ADD", &json!({"cniVersion": "1.0.0", "name": "../x", "ipam": {"type": "host-local", "subnet": "10.1.2.0/24", "dataDir": rig.data_dir()}})).run();
@@ -578,46 +676,6 @@ fn concurrent_mixed_go_and_cnibox() {
 }
 
 #[test]
-fn kill_during_adds_leaves_nothing_unremovable() {
-    // 200 ADDs, one of them SIGKILLed at a random moment: no IP is held twice, and GC
-    // with an empty valid list (plus DEL of everyone) leaves no reservation.
-    let rig = Rig::new();
-    let c = conf(&rig, "1.1.0", json!({"subnet": "10.1.0.0/16"}));
-    let seed = std::process::id() as u64;
-    let victim = (seed % 200) as usize;
-    for i in 0..200 {
-        let call = rig.call("host-local", "ADD", &c).id(&format!("k{i}"));
-        if i == victim {
-            // random delay 0..3ms before the kill
-            call.run_killed_after(std::time::Duration::from_micros(seed % 3000));
-        } else {
-            call.run().ok();
-        }
-    }
-    let files = reservations(&dir(&rig));
-    let mut owners = HashSet::new();
-    for f in &files {
-        let content = read(dir(&rig).join(f));
-        assert!(
-            owners.insert(content.clone()),
-            "two IPs for one attachment: {content:?}"
-        );
-    }
-    assert!(files.len() >= 199);
-    let mut gc = c.clone();
-    gc["cni.dev/valid-attachments"] = json!([]);
-    rig.call("host-local", "GC", &gc).run().ok();
-    assert!(reservations(&dir(&rig)).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(dir(&rig))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-#[test]
 fn gc_releases_exactly_the_invalid() {
     let rig = Rig::new();
     let c = conf(&rig, "1.1.0", json!({"subnet": "10.1.2.0/24"}));
@@ -646,39 +704,4 @@ fn gc_releases_exactly_the_invalid() {
     let mut old = gc.clone();
     old["cniVersion"] = json!("1.0.0");
     assert_eq!(rig.call("host-local", "GC", &old).run().err_code(), 1);
-}
-
-#[test]
-fn del_at_one_thousand_reservations() {
-    // DEL must not read every file: with 1,000 reservations (written by Go, so without
-    // our index) and 1,000 of ours, a DEL of ours is measured and reported (not asserted).
-    let rig = Rig::new();
-    let c = conf(&rig, "1.0.0", json!({"subnet": "10.1.0.0/16"}));
-    std::fs::create_dir_all(dir(&rig)).unwrap();
-    for i in 0..1000u32 {
-        let ip = format!("10.1.{}.{}", 100 + i / 250, 1 + i % 250);
-        std::fs::write(dir(&rig).join(ip), format!("go{i}\r\neth0")).unwrap();
-    }
-    for i in 0..1000 {
-        rig.call("host-local", "ADD", &c)
-            .id(&format!("rs{i}"))
-            .run()
-            .ok();
-    }
-    let t = std::time::Instant::now();
-    rig.call("host-local", "DEL", &c).id("rs500").run().ok();
-    let ours = t.elapsed();
-    let t = std::time::Instant::now();
-    rig.call("host-local", "DEL", &c)
-        .id("rs501")
-        .go()
-        .run()
-        .ok();
-    eprintln!(
-        "host-local DEL at 2,000 reservations: cnibox {ours:?}, Go v1.9.1 {:?}",
-        t.elapsed()
-    );
-    assert_eq!(reservations(&dir(&rig)).len(), 1998);
-    rig.call("host-local", "DEL", &c).id("go7").run().ok();
-    assert_eq!(reservations(&dir(&rig)).len(), 1997);
 }

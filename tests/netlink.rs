@@ -249,3 +249,163 @@ fn netns_guard_returns_and_validates() {
     let gone = NsFile::open("/run/netns/cbx-surely-missing").err().unwrap();
     assert!(cnibox::netns::is_gone(&gone));
 }
+
+/// Link and address dumps while other threads keep changing the same namespace: the
+/// kernel flags dumps that raced a change (NLM_F_DUMP_INTR) and the transport sends them
+/// again, so every dump succeeds and lists every stable object exactly once.
+#[test]
+fn dumps_survive_concurrent_churn() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let a = Netns::new("churn");
+    // Enough objects that a dump spans several datagrams (the kernel checks for changes
+    // between them): 120 bridges, and 300 addresses on one link.
+    let mut script = String::new();
+    for i in 0..120 {
+        script += &format!("link add sb{i} type bridge\n");
+    }
+    script += "link add d0 type veth peer name d1\n";
+    for i in 0..300 {
+        script += &format!("addr add 10.77.{}.{}/32 dev d0\n", i / 200, i % 200 + 1);
+    }
+    let path = std::env::temp_dir().join(format!("{}.batch", a.name));
+    std::fs::write(&path, script).unwrap();
+    a.ip(&["-batch", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = |what: &'static str| {
+        let stop = stop.clone();
+        let ns = a.path.to_str().unwrap().to_string();
+        std::thread::spawn(move || {
+            let f = NsFile::open(&ns).unwrap();
+            let nl = Nl::open_in(&f).unwrap();
+            let d0 = nl.link_must(LinkId::Name("d0")).unwrap().index;
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if what == "links" {
+                    nl.create_link(&NewLink {
+                        name: "cv0",
+                        kind: "veth",
+                        peer: Some(Peer {
+                            name: "cv1",
+                            mtu: 0,
+                            mac: None,
+                            netns: None,
+                        }),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    nl.delete_link(LinkId::Name("cv0")).unwrap();
+                } else {
+                    let net: ipnet::IpNet = format!("10.78.0.{}/32", n % 250 + 1).parse().unwrap();
+                    nl.add_addr(d0, &net, 0).unwrap();
+                    nl.del_addr(d0, &net).unwrap();
+                    // a pause, so that most dumps complete untouched
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let churners = [churn("links"), churn("addrs")];
+
+    let (_f, nl) = open(&a);
+    let d0 = nl.link_must(LinkId::Name("d0")).unwrap().index;
+    let before = cnibox::netlink::dump_retries();
+    let start = Instant::now();
+    let mut dumps = 0;
+    // Until the retry path demonstrably ran a few times (or time is up).
+    while start.elapsed() < Duration::from_secs(30)
+        && (dumps < 200 || cnibox::netlink::dump_retries() - before < 5)
+    {
+        let links = nl
+            .links()
+            .unwrap_or_else(|e| panic!("link dump {dumps}: {e:#}"));
+        let mut idx: Vec<u32> = links.iter().map(|l| l.index).collect();
+        idx.sort();
+        idx.dedup();
+        assert_eq!(idx.len(), links.len(), "a link listed twice");
+        let stable = links.iter().filter(|l| l.name.starts_with("sb")).count();
+        assert_eq!(stable, 120, "dump {dumps}: bridges missing");
+        let addrs = nl
+            .addrs(d0, Some(false))
+            .unwrap_or_else(|e| panic!("address dump {dumps}: {e:#}"));
+        let stable = addrs
+            .iter()
+            .filter(|x| x.net.to_string().starts_with("10.77."))
+            .count();
+        assert_eq!(stable, 300, "dump {dumps}: addresses missing or repeated");
+        dumps += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let changes: Vec<u32> = churners.into_iter().map(|t| t.join().unwrap()).collect();
+    let retries = cnibox::netlink::dump_retries() - before;
+    eprintln!("{dumps} dumps, {retries} retried, churn {changes:?}");
+    assert!(
+        retries > 0,
+        "no dump was interrupted ({dumps} dumps, churn {changes:?}): the test proved nothing"
+    );
+}
+
+/// The kernel's own words (extended ack) reach the error, and so the CNI error
+/// message: rtnetlink's text, nf_tables' text, and the attribute nf_tables blames when it
+/// gives no text.
+#[test]
+fn kernel_reasons_reach_the_error_text() {
+    use cnibox::error::CniError;
+    use cnibox::netlink::nftables::{Batch, ChainSpec, NFPROTO_INET};
+    let a = Netns::new("ext");
+    let (f, nl) = open(&a);
+    let e = nl
+        .create_link(&NewLink {
+            name: "x0",
+            kind: "nosuchkind",
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(is_errno(&e, libc::EOPNOTSUPP), "{e:#}");
+    let c = CniError::from_anyhow(&e.context("ADD"));
+    assert!(c.msg.contains("(Unknown device type)"), "{}", c.msg);
+
+    f.run(|| {
+        // a table name over nf_tables' limit: rejected by the attribute policy, with text
+        let mut b = Batch::new(NFPROTO_INET, &"t".repeat(300));
+        b.add_table(None)?;
+        let e = b.commit("failed to add the table").unwrap_err();
+        assert!(is_errno(&e, libc::ERANGE), "{e:#}");
+        let c = CniError::from_anyhow(&e);
+        assert!(
+            c.msg
+                .contains("(Attribute failed policy validation: table \"ttt"),
+            "{}",
+            c.msg
+        );
+        // a chain in a missing table: no text, but the attribute the kernel points at
+        let mut b = Batch::new(NFPROTO_INET, "nosuchtable");
+        b.add_chain(&ChainSpec {
+            name: "c",
+            comment: None,
+            base: None,
+        })?;
+        let e = b.commit("failed to add the chain").unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "failed to add the chain: no such file or directory (table \"nosuchtable\")"
+        );
+        // the second message of a batch is the one blamed
+        let mut b = Batch::new(NFPROTO_INET, "t1");
+        b.add_table(None)?;
+        b.delete_chain("nosuchchain")?;
+        let e = b.commit("failed to delete the chain").unwrap_err();
+        assert!(
+            format!("{e:#}").ends_with("(chain \"nosuchchain\")"),
+            "{e:#}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

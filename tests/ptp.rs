@@ -210,8 +210,9 @@ fn del_never_added_and_old_check() {
         json!({}),
         json!([[{"subnet": "10.1.2.0/24"}]]),
     );
-    let out = rig.call("ptp", "CHECK", &old).run();
-    assert!(out.stdout.contains("config version does not allow CHECK"));
+    rig.call("ptp", "CHECK", &old)
+        .run()
+        .fails_with(1, "config version does not allow CHECK");
 }
 
 #[test]
@@ -227,9 +228,9 @@ fn failed_add_leaves_nothing() {
         json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
         json!([[{"subnet": "10.1.2.0/24"}]]),
     );
-    let out = rig.call("ptp", "ADD", &c).run();
-    assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("already exists"), "{}", out.stdout);
+    rig.call("ptp", "ADD", &c)
+        .run()
+        .fails_with(999, "container veth name \"eth0\" already exists");
     assert!(
         reservations(&rig.data_dir().join("ptpnet")).is_empty(),
         "IP released"
@@ -242,53 +243,60 @@ fn failed_add_leaves_nothing() {
 
 #[test]
 fn differential_against_the_reference() {
-    for ranges in [
-        json!([[{"subnet": "10.1.2.0/24"}]]),
-        json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
-    ] {
-        let go = Rig::new();
-        let ours = Rig::new();
-        let gc = conf(
-            &go,
-            "1.0.0",
-            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
-            ranges.clone(),
-        );
-        let oc = conf(
-            &ours,
-            "1.0.0",
-            json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
-            ranges.clone(),
-        );
-        let gv = go.call("ptp", "ADD", &gc).go().run().ok().clone();
-        let ov = ours.call("ptp", "ADD", &oc).run().ok().clone();
-        assert_eq!(normalize_result(&gv), normalize_result(&ov));
-        let state = |rig: &Rig| {
-            let mut r: Vec<_> = routes(&rig.cont, false)
-                .into_iter()
-                .chain(routes(&rig.cont, true))
-                .filter(|r| r["protocol"] != "kernel")
-                .map(|r| (r["dst"].clone(), r["gateway"].clone(), r["scope"].clone()))
-                .collect();
-            r.sort_by_key(|x| x.0.to_string());
-            let ipt: Vec<String> = iptables_save(&rig.host, false)
-                .lines()
-                .filter(|l| l.starts_with("-A"))
-                .map(str::to_string)
-                .collect();
-            (r, ipt)
-        };
-        assert_eq!(state(&go), state(&ours));
-        // cross-DEL
-        go.call("ptp", "DEL", &with_prev(&gc, &gv)).run().ok();
-        ours.call("ptp", "DEL", &with_prev(&oc, &ov))
-            .go()
-            .run()
-            .ok();
-        for rig in [&go, &ours] {
-            assert!(link(&rig.cont, "eth0").is_none());
-            assert!(!iptables_save(&rig.host, false).contains("CNI-"));
-            assert!(reservations(&rig.data_dir().join("ptpnet")).is_empty());
+    // The same ADD through Go v1.9.1 and cnibox, with masquerade on either backend, IPv4
+    // and dual stack: same result, same links, addresses and routes on both sides of the
+    // veth, same iptables and ip6tables nat rules, same nftables ruleset. Then each
+    // side's DEL removes what the other ADDed, and nothing is left.
+    for backend in ["iptables", "nftables"] {
+        for ranges in [
+            json!([[{"subnet": "10.1.2.0/24"}]]),
+            json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]),
+        ] {
+            let go = Rig::new();
+            let ours = Rig::new();
+            let empty = (net_state(&go), fw_state(&go));
+            assert_eq!(empty, (net_state(&ours), fw_state(&ours)));
+            let extra = json!({"ipMasq": true, "ipMasqBackend": backend});
+            let gc = conf(&go, "1.0.0", extra.clone(), ranges.clone());
+            let oc = conf(&ours, "1.0.0", extra.clone(), ranges.clone());
+            let gv = go.call("ptp", "ADD", &gc).go().run().ok().clone();
+            let ov = ours.call("ptp", "ADD", &oc).run().ok().clone();
+            let what = format!("{backend} {ranges}");
+            assert_eq!(normalize_result(&gv), normalize_result(&ov), "{what}");
+            assert_eq!(net_state(&go), net_state(&ours), "{what}");
+            let fw = fw_state(&ours);
+            assert_eq!(fw_state(&go), fw, "{what}");
+            let v6 = ranges.to_string().contains("2001:db8");
+            if backend == "iptables" {
+                assert!(fw.0.iter().any(|r| r.contains("MASQUERADE")), "{fw:?}");
+                assert_eq!(fw.1.iter().any(|r| r.contains("MASQUERADE")), v6, "{fw:?}");
+            } else {
+                assert!(fw
+                    .2
+                    .contains("ip saddr 10.1.2.2 ip daddr != 10.1.2.0/24 masquerade"));
+                assert_eq!(fw.2.contains("ip6 saddr 2001:db8:1::2"), v6, "{}", fw.2);
+            }
+            // cross-DEL
+            go.call("ptp", "DEL", &with_prev(&gc, &gv)).run().ok();
+            ours.call("ptp", "DEL", &with_prev(&oc, &ov))
+                .go()
+                .run()
+                .ok();
+            for (rig, who) in [(&go, "ours after Go"), (&ours, "Go's after ours")] {
+                assert!(link(&rig.cont, "eth0").is_none(), "{who}");
+                assert!(
+                    reservations(&rig.data_dir().join("ptpnet")).is_empty(),
+                    "{who}"
+                );
+                assert_eq!(net_state(rig), empty.0, "{who}: {what}");
+                let (r4, r6, nft) = fw_state(rig);
+                assert!(r4.is_empty() && r6.is_empty(), "{who}: {r4:?} {r6:?}");
+                for v6 in [false, true] {
+                    let save = iptables_save(&rig.host, v6);
+                    assert!(!save.contains("CNI-"), "{who}: chain left: {save}");
+                }
+                assert!(!nft.contains("masquerade comment"), "{who}: {nft}");
+            }
         }
     }
 }
@@ -306,15 +314,12 @@ fn masquerade_chain_is_repaired_when_tampered() {
     );
     rig.call("ptp", "ADD", &c).run().ok();
     let post = |rig: &Rig| {
-        let out = rig.host.exec(&[
-            "nft",
-            "list",
-            "chain",
-            "inet",
-            "cni_plugins_masquerade",
-            "postrouting",
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        nft_list(
+            &rig.host,
+            false,
+            &["chain", "inet", "cni_plugins_masquerade", "postrouting"],
+        )
+        .expect("postrouting exists")
     };
     let good = post(&rig);
     assert!(
@@ -328,7 +333,7 @@ fn masquerade_chain_is_repaired_when_tampered() {
         .run()
         .ok();
     assert_eq!(post(&rig), good);
-    rig.host.exec(&[
+    rig.host.run(&[
         "nft",
         "flush",
         "chain",

@@ -123,73 +123,78 @@ fn runtime_config_beats_args_beats_cni_args() {
     );
 }
 
+/// Invalid static config: the code, and a message naming where the value is, with the
+/// reference's wording (code 7 for the config, 4 for `CNI_ARGS`, 6 for a JSON type
+/// mismatch).
 #[test]
 fn errors() {
     let rig = Rig::new();
-    let no_ipam = json!({"cniVersion": "1.0.0", "name": "n", "type": "static", "runtimeConfig": {"ips": ["10.0.0.1/24"]}});
-    let out = rig.call("static", "ADD", &no_ipam).run();
-    assert!(
-        out.stdout.contains("IPAM config missing 'ipam' key"),
-        "{}",
-        out.stdout
-    );
-    let bad = |ipam: Value, args: Option<&str>, extra: Value, msg: &str| {
-        let mut c = conf("1.0.0", ipam);
+    let st = |extra: Value| {
+        let mut ipam = json!({"type": "static"});
+        if let (Some(o), Some(e)) = (ipam.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        ipam
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, Value, &str, i64, &str)> = vec![
+        ("ipam missing", Value::Null, json!({"runtimeConfig": {"ips": ["10.0.0.1/24"]}}), "", 7,
+         "IPAM config missing 'ipam' key"),
+        ("address not CIDR", st(json!({"addresses": [{"address": "10.0.0.1/24"}, {"address": "10.0.0.1"}]})), json!({}), "", 7,
+         "ipam.addresses[1]: the 'address' field is expected to be in CIDR notation, got: '10.0.0.1'"),
+        ("address bad prefix", st(json!({"addresses": [{"address": "10.0.0.1/40"}]})), json!({}), "", 7,
+         "ipam.addresses[0]: the 'address' field is expected to be in CIDR notation, got: '10.0.0.1/40'"),
+        ("gateway not an IP", st(json!({"addresses": [{"address": "10.0.0.1/24", "gateway": "10.0.0.256"}]})), json!({}), "", 7,
+         r#"ipam.addresses[0]: "gateway": "10.0.0.256" is not an IP address"#),
+        ("route dst not CIDR", st(json!({"routes": [{"dst": "nope"}]})), json!({}), "", 7,
+         r#"ipam.routes[0]: "dst": "nope" is not a CIDR (address/prefix length)"#),
+        ("route gw not an IP", st(json!({"routes": [{"dst": "0.0.0.0/0", "gw": "x"}]})), json!({}), "", 7,
+         r#"ipam.routes[0]: "gw": "x" is not an IP address"#),
+        ("route dst missing", st(json!({"routes": [{}]})), json!({}), "", 7,
+         r#"ipam.routes[0]: "dst" is missing"#),
+        ("CNI_ARGS IP not CIDR", st(json!({})), json!({}), "IP=10.0.0.1/24,10.0.0.1", 4,
+         "CNI_ARGS: the 'ip' field is expected to be in CIDR notation, got: '10.0.0.1'"),
+        ("CNI_ARGS GATEWAY not an IP", st(json!({})), json!({}), "IP=10.0.0.1/24;GATEWAY=x", 4,
+         r#"CNI_ARGS: "GATEWAY": invalid gateway address: "x" is not an IP address"#),
+        ("args.cni.ips not CIDR", st(json!({})), json!({"args": {"cni": {"ips": ["10.0.0.1"]}}}), "", 7,
+         "args.cni.ips[0]: an entry in the 'ips' field is NOT in CIDR notation, got: '10.0.0.1'"),
+        ("runtimeConfig.ips not CIDR", st(json!({})), json!({"runtimeConfig": {"ips": ["10.0.0.1/24", "nope"]}}), "", 7,
+         "runtimeConfig.ips[1]: an entry in the 'ips' field is NOT in CIDR notation, got: 'nope'"),
+        ("two IPv4 under 0.2.0", st(json!({"addresses": [{"address": "10.0.0.1/24"}, {"address": "10.0.1.1/24"}]})),
+         json!({"cniVersion": "0.2.0"}), "", 7,
+         "CNI version 0.2.0 does not support more than 1 address per family"),
+        ("runtimeConfig.ips of numbers", st(json!({})), json!({"runtimeConfig": {"ips": [1]}}), "", 6,
+         "runtimeConfig.ips: expected a list of strings, got [1]"),
+        ("args.cni.ips a string", st(json!({})), json!({"args": {"cni": {"ips": "10.0.0.1/24"}}}), "", 6,
+         "args.cni.ips: expected a list of strings"),
+        ("address a number", st(json!({"addresses": [{"address": 1}]})), json!({}), "", 6, "failed to load netconf"),
+        ("route mtu a string", st(json!({"routes": [{"dst": "0.0.0.0/0", "mtu": "x"}]})), json!({}), "", 6,
+         "ipam.routes[0]: mtu: expected an integer"),
+    ];
+    for (what, ipam, extra, args, code, msg) in cases {
+        let mut c = json!({"cniVersion": "1.0.0", "name": "static-net", "type": "static"});
+        if !ipam.is_null() {
+            c["ipam"] = ipam;
+        }
         if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
         let mut call = rig.call("static", "ADD", &c);
-        if let Some(a) = args {
-            call = call.args(a);
+        if !args.is_empty() {
+            call = call.args(args);
         }
         let out = call.run();
-        assert_eq!(out.code, 1);
-        assert!(out.stdout.contains(msg), "want {msg:?} in {}", out.stdout);
-    };
-    bad(
-        json!({"type": "static", "addresses": [{"address": "10.0.0.1"}]}),
-        None,
-        json!({}),
-        "the 'address' field is expected to be in CIDR notation, got: '10.0.0.1'",
-    );
-    bad(
-        json!({"type": "static"}),
-        Some("IP=10.0.0.1"),
-        json!({}),
-        "the 'ip' field is expected to be in CIDR notation, got: '10.0.0.1'",
-    );
-    bad(
-        json!({"type": "static"}),
-        Some("IP=10.0.0.1/24;GATEWAY=x"),
-        json!({}),
-        "invalid gateway address: x",
-    );
-    bad(
-        json!({"type": "static"}),
-        None,
-        json!({"args": {"cni": {"ips": ["10.0.0.1"]}}}),
-        "an entry in the 'ips' field is NOT in CIDR notation, got: '10.0.0.1'",
-    );
-    bad(
-        json!({"type": "static"}),
-        None,
-        json!({"runtimeConfig": {"ips": ["nope"]}}),
-        "an entry in the 'ips' field is NOT in CIDR notation, got: 'nope'",
-    );
-    let mut two = conf(
-        "0.2.0",
-        json!({"type": "static", "addresses": [{"address": "10.0.0.1/24"}, {"address": "10.0.1.1/24"}]}),
-    );
-    let out = rig.call("static", "ADD", &two).run();
-    assert!(
-        out.stdout
-            .contains("CNI version 0.2.0 does not support more than 1 address per family"),
-        "{}",
-        out.stdout
-    );
+        assert_eq!(out.err_code(), code, "{what}: {}", out.stdout);
+        let got = out.json.as_ref().unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(got.contains(msg), "{what}: want {msg:?}\n in {got:?}");
+    }
     // CHECK: a configured address missing from or different in prevResult fails.
-    two["cniVersion"] = json!("1.0.0");
-    two["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/24"}]});
+    let two = json!({"cniVersion": "1.0.0", "name": "static-net", "type": "static",
+        "ipam": {"type": "static", "addresses": [{"address": "10.0.0.1/24"}, {"address": "10.0.1.1/24"}]},
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.1/24"}]}});
     let out = rig.call("static", "CHECK", &two).run();
     assert!(
         out.stdout.contains("static: Failed to match addr 10.0.1.1"),

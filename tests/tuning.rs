@@ -424,11 +424,7 @@ fn invalid_values_are_code_7_and_change_nothing() {
     c.as_object_mut().unwrap().remove("prevResult");
     let out = rig.call("tuning", "ADD", &c).run();
     assert_eq!(out.err_code(), 7);
-    assert!(
-        out.stdout.contains("is missing"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("is missing"), "{}", out.stdout);
     assert_eq!(state(&rig.cont), initial());
 }
 
@@ -765,11 +761,7 @@ fn check_reports_what_changed() {
     // CHECK needs prevResult.
     let out = rig.call("tuning", "CHECK", &c_without_prev(&c)).run();
     assert_eq!(out.err_code(), 7);
-    assert!(
-        out.stdout.contains("is missing"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("is missing"), "{}", out.stdout);
 }
 
 fn c_without_prev(c: &Value) -> Value {

@@ -57,6 +57,28 @@ pub fn mac(key: &str, s: &str) -> Result<[u8; 6]> {
     })
 }
 
+/// Go's `net.ParseMAC`: 6, 8 or 20 octets as `xx:xx:..`, `xx-xx-..` or `xxxx.xxxx.xxxx`,
+/// one separator throughout (tuning's `mac`, host-device's `hwaddr`).
+pub fn parse_hwaddr(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let (sep, width) = match (b.get(2), b.get(4)) {
+        (Some(b':'), _) => (':', 2),
+        (Some(b'-'), _) => ('-', 2),
+        (_, Some(b'.')) => ('.', 4),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    for group in s.split(sep) {
+        if group.len() != width || !group.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        for i in (0..width).step_by(2) {
+            out.push(u8::from_str_radix(group.get(i..i + 2)?, 16).ok()?);
+        }
+    }
+    [6, 8, 20].contains(&out.len()).then_some(out)
+}
+
 /// `ipMasqBackend`: absent (choose like the reference) or one of the two backends.
 pub fn masq_backend(v: Option<&str>) -> Result<()> {
     match v {

@@ -12,6 +12,7 @@
 //! comment).
 
 use super::{go_quote, hash_with_prefix, have, run};
+use crate::error::Code;
 use crate::netlink::nftables::{self, Batch, ChainSpec, Expr};
 use anyhow::{bail, Result};
 use ipnet::IpNet;
@@ -151,19 +152,22 @@ pub fn nft_setup_batch(
     Ok(b)
 }
 
-/// Does `postrouting` hold exactly the expected rules (compared by expression names)?
+/// Does `postrouting` hold exactly the expected rules, by expression and by value? (An
+/// address altered by hand must be put back: it decides what is masqueraded.)
 fn nft_postrouting_ok() -> Result<bool> {
     let Some(have) = nftables::dump_rules(nftables::NFPROTO_INET, NFT_TABLE, "postrouting")? else {
         return Ok(false);
     };
     let want = nft_postrouting_rules()?;
-    Ok(have.len() == want.len()
-        && have.iter().zip(&want).all(|(h, w)| {
-            h.exprs
-                .iter()
-                .map(String::as_str)
-                .eq(w.iter().map(Expr::name))
-        }))
+    if have.len() != want.len() {
+        return Ok(false);
+    }
+    for (h, w) in have.iter().zip(&want) {
+        if !h.is(w)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn nft_rules_with_prefix(prefix: &str) -> Result<Vec<(u64, String)>> {
@@ -315,10 +319,18 @@ fn ipt_save(v6: bool) -> Result<String> {
 }
 
 fn ipt_restore(v6: bool, script: &str) -> Result<()> {
-    run(ipt_tools(v6).1, &["--noflush", "--wait"], script).map(|_| ())
+    // A bounded wait for the xtables lock (legacy iptables); the run itself is bounded
+    // by `run`.
+    let wait = super::XTABLES_WAIT_SECS.to_string();
+    run(ipt_tools(v6).1, &["--noflush", "--wait", &wait], script).map(|_| ())
 }
 
+/// All or nothing: when a family fails (typically IPv6, after IPv4 went in), the
+/// families already set up are torn down again before the error is returned. A family
+/// whose own run failed changed nothing (`iptables-restore` commits a table at once), so
+/// it is not touched again: with a hung tool that would only wait a second time.
 fn ipt_setup(ips: &[IpNet], net: &str, cid: &str) -> Result<()> {
+    let mut applied = Vec::new();
     for v6 in [false, true] {
         let fam: Vec<IpNet> = ips
             .iter()
@@ -328,17 +340,54 @@ fn ipt_setup(ips: &[IpNet], net: &str, cid: &str) -> Result<()> {
         if fam.is_empty() {
             continue;
         }
-        let save = ipt_save(v6)?;
-        ipt_restore(v6, &ipt_setup_script(&fam, net, cid, &save))?;
+        let step =
+            ipt_save(v6).and_then(|save| ipt_restore(v6, &ipt_setup_script(&fam, net, cid, &save)));
+        if let Err(e) = step {
+            let undo: Vec<String> = applied
+                .iter()
+                .filter_map(|v6| ipt_teardown_family(*v6, net, cid).err())
+                .map(|u| format!("{u:#}"))
+                .collect();
+            if undo.is_empty() {
+                return Err(e);
+            }
+            // `context` keeps the original error (and its CNI code) in the chain.
+            return Err(e.context(format!(
+                "failed to set up ip masquerade, and to remove its partial rules ({})",
+                undo.join("; ")
+            )));
+        }
+        applied.push(v6);
     }
     Ok(())
 }
 
+/// Remove the attachment's chain and jumps from one family (nothing to do is fine).
+fn ipt_teardown_family(v6: bool, net: &str, cid: &str) -> Result<()> {
+    let save = ipt_save(v6)?;
+    match ipt_teardown_script(&chain_name(net, cid), &save) {
+        Some(script) => ipt_restore(v6, &script),
+        None => Ok(()),
+    }
+}
+
+/// `iptables-save -t nat` of a family for DEL and GC: `None` when the family cannot
+/// even be listed (no ip6tables, no nat table), which means it holds nothing of ours; a
+/// tool that timed out (code 11) is an error, not "nothing there".
+fn ipt_save_for_cleanup(v6: bool) -> Result<Option<String>> {
+    match ipt_save(v6) {
+        Ok(save) => Ok(Some(save)),
+        Err(e) if crate::error::code_of(&e) == Some(Code::TryAgainLater as u32) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 fn ipt_teardown(net: &str, cid: &str) -> Result<()> {
-    let chain = chain_name(net, cid);
     for v6 in [false, true] {
-        let Ok(save) = ipt_save(v6) else { continue };
-        if let Some(script) = ipt_teardown_script(&chain, &save) {
+        let Some(save) = ipt_save_for_cleanup(v6)? else {
+            continue;
+        };
+        if let Some(script) = ipt_teardown_script(&chain_name(net, cid), &save) {
             ipt_restore(v6, &script)?;
         }
     }
@@ -347,7 +396,9 @@ fn ipt_teardown(net: &str, cid: &str) -> Result<()> {
 
 fn ipt_gc(net: &str, valid: &[(String, String)]) -> Result<()> {
     for v6 in [false, true] {
-        let Ok(save) = ipt_save(v6) else { continue };
+        let Some(save) = ipt_save_for_cleanup(v6)? else {
+            continue;
+        };
         for cid in ipt_owned_cids(net, &save) {
             if valid.iter().any(|(c, _)| *c == cid) {
                 continue;
@@ -377,48 +428,54 @@ pub fn setup(backend: Backend, ips: &[IpNet], net: &str, ifname: &str, cid: &str
     }
 }
 
+/// Both backends' errors as one; if either is "try again later" (a tool or the kernel
+/// timed out), so is the whole, so that the runtime retries rather than gives up.
+fn combine(what: &str, errs: Vec<anyhow::Error>) -> Result<()> {
+    if errs.is_empty() {
+        return Ok(());
+    }
+    let again = errs
+        .iter()
+        .any(|e| crate::error::code_of(e) == Some(Code::TryAgainLater as u32));
+    let text = errs
+        .iter()
+        .map(|e| format!("{e:#}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if again {
+        return Err(crate::error::cni_err(
+            Code::TryAgainLater,
+            format!("{what}: {text}"),
+        ));
+    }
+    bail!("{what}: {text}")
+}
+
 /// DEL: remove the attachment's rules from both backends (whichever exist); a backend
 /// whose tool is not installed cannot hold rules and is skipped.
 pub fn teardown(net: &str, ifname: &str, cid: &str) -> Result<()> {
     let mut errs = Vec::new();
     if have("iptables-save") {
-        if let Err(e) = ipt_teardown(net, cid) {
-            errs.push(format!("{e:#}"));
-        }
+        errs.extend(ipt_teardown(net, cid).err());
     }
-    {
-        // Native: no tool needed; a kernel without nf_tables answers "not supported",
-        // which simply means there is nothing to remove.
-        if let Err(e) = nft_teardown(net, ifname, cid).or_else(ignore_unsupported) {
-            errs.push(format!("{e:#}"));
-        }
-    }
-    if !errs.is_empty() {
-        bail!("failed to tear down ip masquerade: {}", errs.join("; "));
-    }
-    Ok(())
+    // Native: no tool needed; a kernel without nf_tables answers "not supported", which
+    // simply means there is nothing to remove.
+    errs.extend(
+        nft_teardown(net, ifname, cid)
+            .or_else(ignore_unsupported)
+            .err(),
+    );
+    combine("failed to tear down ip masquerade", errs)
 }
 
 /// GC: remove rules of this network whose attachment is not valid.
 pub fn gc(net: &str, valid: &[(String, String)]) -> Result<()> {
     let mut errs = Vec::new();
     if have("iptables-save") {
-        if let Err(e) = ipt_gc(net, valid) {
-            errs.push(format!("{e:#}"));
-        }
+        errs.extend(ipt_gc(net, valid).err());
     }
-    {
-        if let Err(e) = nft_gc(net, valid).or_else(ignore_unsupported) {
-            errs.push(format!("{e:#}"));
-        }
-    }
-    if !errs.is_empty() {
-        bail!(
-            "failed to garbage-collect ip masquerade rules: {}",
-            errs.join("; ")
-        );
-    }
-    Ok(())
+    errs.extend(nft_gc(net, valid).or_else(ignore_unsupported).err());
+    combine("failed to garbage-collect ip masquerade rules", errs)
 }
 
 #[cfg(test)]
@@ -481,6 +538,27 @@ mod tests {
             names,
             ["meta", "cmp", "payload", "bitwise", "cmp", "immediate"]
         );
+    }
+
+    #[test]
+    fn combined_errors_keep_try_again_later() {
+        use crate::error::{cni_err, code_of};
+        assert!(combine("x", vec![]).is_ok());
+        let e = combine(
+            "failed to tear down ip masquerade",
+            vec![
+                anyhow::anyhow!("nft: boom"),
+                cni_err(Code::TryAgainLater, "iptables-save timed out"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(code_of(&e), Some(11));
+        assert_eq!(
+            format!("{e}"),
+            "failed to tear down ip masquerade: nft: boom; iptables-save timed out"
+        );
+        let e = combine("y", vec![anyhow::anyhow!("plain")]).unwrap_err();
+        assert_eq!(code_of(&e), None);
     }
 
     #[test]

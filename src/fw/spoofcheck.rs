@@ -72,11 +72,13 @@ pub fn setup(host_if: &str, mac: &str, cid: &str, ifname: &str) -> Result<()> {
 }
 
 /// Remove the attachment's jump rules from `PREROUTING`, then its two chains. Whatever
-/// is already gone is fine (DEL is idempotent).
+/// is already gone is fine (DEL is idempotent, and an admin may have removed a chain by
+/// hand); anything else is reported, after everything removable was removed.
 pub fn teardown(cid: &str, ifname: &str) -> Result<()> {
     let ic = iface_chain(cid, ifname);
     let mc = format!("{ic}-mac");
     let cm = comment(cid, ifname);
+    let mut errs = Vec::new();
     let rules = nftables::list_rules(nftables::NFPROTO_BRIDGE, TABLE, BASE)
         .context("failed to list the MAC spoof check rules")?;
     let mut b = Batch::new(nftables::NFPROTO_BRIDGE, TABLE);
@@ -85,20 +87,46 @@ pub fn teardown(cid: &str, ifname: &str) -> Result<()> {
             b.delete_rule(BASE, h)?;
         }
     }
-    b.commit("failed to remove the MAC spoof check rules")?;
-    // The iface chain jumps to the mac chain: flush both before deleting either.
+    errs.extend(gone_is_fine(
+        b.commit("failed to remove the MAC spoof check rules"),
+    ));
+    // Both chains in one transaction (the usual case: one commit, one RCU wait). The
+    // iface chain jumps to the mac chain: both are flushed before either is deleted.
+    if chains_batch(&[&ic, &mc])?
+        .commit("failed to remove the MAC spoof check chains")
+        .is_err()
+    {
+        // A transaction is all or nothing, so one missing chain kept the other: each on
+        // its own then, the iface chain first (it refers to the mac chain).
+        for c in [&ic, &mc] {
+            errs.extend(gone_is_fine(
+                chains_batch(&[c])?.commit(&format!("failed to remove chain {c}")),
+            ));
+        }
+    }
+    let mut errs = errs.into_iter();
+    match errs.next() {
+        None => Ok(()),
+        Some(first) => Err(errs.fold(first, |acc, e| acc.context(format!("{e:#}")))),
+    }
+}
+
+/// Flush, then delete, `chains`.
+fn chains_batch(chains: &[&String]) -> Result<Batch> {
     let mut b = Batch::new(nftables::NFPROTO_BRIDGE, TABLE);
-    for c in [&ic, &mc] {
+    for c in chains {
         b.flush_chain(c)?;
     }
-    for c in [&ic, &mc] {
+    for c in chains {
         b.delete_chain(c)?;
     }
-    match b.commit("failed to remove the MAC spoof check chains") {
-        Ok(()) => Ok(()),
-        Err(e) if crate::netlink::is_errno(&e, libc::ENOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok(b)
+}
+
+/// An error, unless it only says the object does not exist.
+fn gone_is_fine(r: Result<()>) -> Option<anyhow::Error> {
+    r.err()
+        .filter(|e| !crate::netlink::is_errno(e, libc::ENOENT))
 }
 
 #[cfg(test)]

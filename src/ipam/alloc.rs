@@ -3,8 +3,8 @@
 //! `last_reserved_ip.<set>`, requested addresses first, the store locked per set.
 
 use super::range::RangeSet;
-use super::store::Store;
-use anyhow::{anyhow, bail, Result};
+use super::store::{Locked, Store};
+use anyhow::{bail, Result};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -16,14 +16,13 @@ pub struct Allocation {
 }
 
 fn alloc_one(
-    store: &Store,
+    locked: &mut Locked<'_>,
     set: &RangeSet,
     idx: usize,
     id: &str,
     ifname: &str,
     requested: Option<IpAddr>,
 ) -> Result<Allocation> {
-    let locked = store.lock()?;
     if let Some(ip) = requested {
         let r = set.range_for(ip)?;
         if ip == r.gateway {
@@ -37,7 +36,9 @@ fn alloc_one(
             gateway: r.gateway,
         });
     }
-    for ip in locked.find(id, ifname)? {
+    // The reference's duplicate rule: the attachment (or its container's legacy
+    // id-only reservation) already holds an address of this set.
+    for ip in locked.ips_of(id, ifname)? {
         if set.contains(ip) {
             bail!("{ip} has been allocated to {id}, duplicate allocation is not allowed");
         }
@@ -53,8 +54,9 @@ fn alloc_one(
     bail!("no IP addresses available in range set: {set}")
 }
 
-/// Allocate one address per set for (id, ifname). On a failure after some set was
-/// allocated, the attachment's reservations are released again.
+/// Allocate one address per set for (id, ifname), under one lock (the reference locks
+/// per set; one lock makes a multi-set ADD atomic for other callers). On a failure after
+/// some set was allocated, the attachment's reservations are released again.
 pub fn allocate(
     store: &Store,
     sets: &[RangeSet],
@@ -62,31 +64,30 @@ pub fn allocate(
     ifname: &str,
     mut requested: Vec<IpAddr>,
 ) -> Result<Vec<Allocation>> {
+    let mut locked = store.lock()?;
     let mut out = Vec::new();
     for (idx, set) in sets.iter().enumerate() {
         let want = requested
             .iter()
             .position(|ip| set.contains(*ip))
             .map(|i| requested.remove(i));
-        match alloc_one(store, set, idx, id, ifname, want) {
+        match alloc_one(&mut locked, set, idx, id, ifname, want) {
             Ok(a) => out.push(a),
             Err(e) => {
                 // Only undo what this call took: a refused duplicate ADD must leave the
                 // attachment's existing reservation alone (as the reference does).
                 if !out.is_empty() {
-                    let _ = release(store, id, ifname);
+                    let _ = locked.release(id, ifname);
                 }
-                return Err(anyhow!("failed to allocate for range {idx}: {e}"));
+                return Err(e.context(format!("failed to allocate for range {idx}")));
             }
         }
     }
     if !requested.is_empty() {
-        let _ = release(store, id, ifname);
+        let _ = locked.release(id, ifname);
         let ips: Vec<String> = requested.iter().map(|i| i.to_string()).collect();
         bail!("failed to allocate all requested IPs: {}", ips.join(" "));
     }
-    let ips: Vec<IpAddr> = out.iter().map(|a| a.address.addr()).collect();
-    store.lock()?.write_index(id, ifname, &ips)?;
     Ok(out)
 }
 
@@ -96,34 +97,19 @@ pub fn release(store: &Store, id: &str, ifname: &str) -> Result<()> {
 
 /// CHECK: the attachment must hold some reservation (the reference's rule).
 pub fn check(store: &Store, id: &str, ifname: &str) -> Result<()> {
-    let locked = store.lock()?;
-    let all = locked.list()?;
-    let id = id.trim();
-    if all
-        .iter()
-        .any(|r| r.id == id && (r.ifname.as_deref() == Some(ifname) || r.ifname.is_none()))
-    {
+    if store.lock()?.holds(id, ifname)? {
         return Ok(());
     }
-    bail!("host-local: Failed to find address added by container {id}")
+    bail!(
+        "host-local: Failed to find address added by container {}",
+        id.trim()
+    )
 }
 
 /// GC: release every reservation whose attachment is not in `valid`. A legacy id-only
 /// file is kept if its container has any valid attachment. Returns how many went.
 pub fn gc(store: &Store, valid: &[(String, String)]) -> Result<usize> {
-    let locked = store.lock()?;
-    let mut n = 0;
-    for r in locked.list()? {
-        let keep = match &r.ifname {
-            Some(ifname) => valid.iter().any(|(c, i)| *c == r.id && i == ifname),
-            None => valid.iter().any(|(c, _)| *c == r.id),
-        };
-        if !keep {
-            locked.release_path(&r)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    store.lock()?.gc(valid)
 }
 
 #[cfg(test)]
@@ -138,10 +124,13 @@ mod tests {
     }
 
     fn set(subnet: &str) -> RangeSet {
-        RangeSet::from_conf(&[RangeConf {
-            subnet: subnet.into(),
-            ..Default::default()
-        }])
+        RangeSet::from_conf(
+            &[RangeConf {
+                subnet: subnet.into(),
+                ..Default::default()
+            }],
+            "x",
+        )
         .unwrap()
     }
 
@@ -157,9 +146,10 @@ mod tests {
             std::fs::read_to_string(d.join("net/10.1.2.2")).unwrap(),
             "c1\r\neth0"
         );
-        let e = allocate(&store, &sets, "c1", "eth0", vec![])
-            .unwrap_err()
-            .to_string();
+        let e = format!(
+            "{:#}",
+            allocate(&store, &sets, "c1", "eth0", vec![]).unwrap_err()
+        );
         assert_eq!(e, "failed to allocate for range 0: 10.1.2.2 has been allocated to c1, duplicate allocation is not allowed");
         check(&store, "c1", "eth0").unwrap();
         release(&store, "c1", "eth0").unwrap();
@@ -170,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_index_falls_back_to_a_scan() {
+    fn foreign_changes_are_seen() {
         let d = tmpdir("stale");
         let store = Store::open(&d, "net").unwrap();
         let sets = vec![set("10.1.2.0/24")];
@@ -178,8 +168,20 @@ mod tests {
         // Go released it and gave the attachment another address, unknown to our index.
         std::fs::remove_file(d.join("net/10.1.2.2")).unwrap();
         std::fs::write(d.join("net/10.1.2.9"), "c1\r\neth0").unwrap();
+        let e = allocate(&store, &sets, "c1", "eth0", vec![]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("10.1.2.9 has been allocated to c1"),
+            "{e:#}"
+        );
         release(&store, "c1", "eth0").unwrap();
         assert!(!d.join("net/10.1.2.9").exists());
+        // A legacy id-only reservation counts for the duplicate check, as in the reference.
+        std::fs::write(d.join("net/10.1.2.20"), "c2").unwrap();
+        let e = allocate(&store, &sets, "c2", "eth0", vec![]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("10.1.2.20 has been allocated to c2"),
+            "{e:#}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -1,7 +1,8 @@
 //! host-local address ranges: config, canonicalisation and validation with the
 //! reference's rules and messages, and the round-robin iterator.
 
-use anyhow::{anyhow, bail, Result};
+use crate::error::{cni_err, Code};
+use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::fmt;
@@ -47,59 +48,145 @@ pub fn next_ip(ip: IpAddr) -> IpAddr {
     u128_to_ip(ip_to_u128(ip).wrapping_add(1), ip.is_ipv4())
 }
 
-fn parse_ip(s: &str) -> Result<Option<IpAddr>> {
+/// A config error (code 7) located at `loc` ("ipam.ranges[0][1]", ...), so the user
+/// sees which entry of which list is wrong.
+pub fn config_err(loc: &str, msg: impl fmt::Display) -> anyhow::Error {
+    cni_err(Code::InvalidConfig, format!("{loc}: {msg}"))
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// An IP address as Go's `net.ParseIP` reads it: IPv4-mapped IPv6 addresses are IPv4.
+pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// An optional IP-valued key of a range (empty = unset).
+fn ip_key(loc: &str, key: &str, s: &str) -> Result<Option<IpAddr>> {
     if s.is_empty() {
         return Ok(None);
     }
-    s.parse::<IpAddr>()
+    parse_ip(s)
         .map(Some)
-        .map_err(|_| anyhow!("invalid IP address: {s}"))
+        .ok_or_else(|| config_err(loc, format!("\"{key}\": {s:?} is not an IP address")))
+}
+
+/// `subnet`: "address/prefix length", read by hand so the message says which half is
+/// wrong (a prefix beyond the family's bits is the usual mistake).
+fn parse_subnet(loc: &str, s: &str) -> Result<IpNet> {
+    if s.is_empty() {
+        return Err(config_err(loc, "\"subnet\" is missing"));
+    }
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(config_err(
+            loc,
+            format!("\"subnet\": {s:?} is not a CIDR (address/prefix length)"),
+        ));
+    };
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return Err(config_err(
+            loc,
+            format!("\"subnet\": {s:?} is not a CIDR: {addr:?} is not an IP address"),
+        ));
+    };
+    let bits: u8 = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len.parse::<u8>() {
+        Ok(l) if l <= bits && len.bytes().all(|b| b.is_ascii_digit()) => l,
+        _ => {
+            return Err(config_err(
+                loc,
+                format!(
+                    "\"subnet\": {s:?}: prefix length {len:?} is out of range for {} (0-{bits})",
+                    family(ip)
+                ),
+            ))
+        }
+    };
+    IpNet::new(ip, len).map_err(|e| config_err(loc, format!("\"subnet\": {s:?}: {e}")))
 }
 
 impl Range {
-    pub fn from_conf(c: &RangeConf) -> Result<Range> {
-        let net: IpNet = c
-            .subnet
-            .parse()
-            .map_err(|_| anyhow!("invalid CIDR address: {}", c.subnet))?;
-        let bits = if net.addr().is_ipv4() { 32 } else { 128 };
+    /// Validate and canonicalise one range as the reference does (same defaults, same
+    /// refusals), plus what the reference accepts but can never work: a gateway outside
+    /// the subnet, `rangeStart` after `rangeEnd`, a range that holds only its gateway.
+    pub fn from_conf(c: &RangeConf, loc: &str) -> Result<Range> {
+        let net = parse_subnet(loc, &c.subnet)?;
+        let v4 = net.addr().is_ipv4();
+        let bits = if v4 { 32 } else { 128 };
+        // Network and gateway take two addresses (and broadcast a third in IPv4), so
+        // /31, /32, /127 and /128 leave nothing to hand out; the reference refuses them.
         if net.prefix_len() > bits - 2 {
-            bail!("Network {net} too small to allocate from");
+            return Err(config_err(
+                loc,
+                format!(
+                    "\"subnet\": {net} is too small to allocate from (the smallest is /{})",
+                    bits - 2
+                ),
+            ));
         }
         if net.addr() != net.network() {
-            bail!(
-                "Network has host bits set. For a subnet mask of length {} the network address is {}",
-                net.prefix_len(),
-                net.network()
-            );
+            return Err(config_err(
+                loc,
+                format!(
+                    "\"subnet\": {net} has host bits set (the network is {})",
+                    net.trunc()
+                ),
+            ));
         }
-        let v4 = net.addr().is_ipv4();
         let first = next_ip(net.network());
         let last = if v4 {
             u128_to_ip(ip_to_u128(net.broadcast()) - 1, true)
         } else {
             net.broadcast()
         };
-        let mut r = Range {
-            subnet: net,
-            start: first,
-            end: last,
-            gateway: first,
+        let inside = |key: &str, ip: Option<IpAddr>| -> Result<()> {
+            match ip {
+                Some(ip) if !net.contains(&ip) => Err(config_err(
+                    loc,
+                    format!("\"{key}\": {ip} is outside \"subnet\" {net}"),
+                )),
+                _ => Ok(()),
+            }
         };
-        if let Some(gw) = parse_ip(&c.gateway)? {
-            r.gateway = gw;
+        let gateway = ip_key(loc, "gateway", &c.gateway)?;
+        let start = ip_key(loc, "rangeStart", &c.range_start)?;
+        let end = ip_key(loc, "rangeEnd", &c.range_end)?;
+        inside("gateway", gateway)?;
+        inside("rangeStart", start)?;
+        inside("rangeEnd", end)?;
+        let r = Range {
+            subnet: net,
+            start: start.unwrap_or(first),
+            end: end.unwrap_or(last),
+            gateway: gateway.unwrap_or(first),
+        };
+        if ip_to_u128(r.start) > ip_to_u128(r.end) {
+            let what = |given: Option<IpAddr>| if given.is_some() { "" } else { " (default)" };
+            return Err(config_err(
+                loc,
+                format!(
+                    "\"rangeStart\": {}{} is after \"rangeEnd\" {}{}",
+                    r.start,
+                    what(start),
+                    r.end,
+                    what(end)
+                ),
+            ));
         }
-        if let Some(s) = parse_ip(&c.range_start)? {
-            if !r.contains(s) {
-                bail!("RangeStart {s} not in network {net}");
-            }
-            r.start = s;
-        }
-        if let Some(e) = parse_ip(&c.range_end)? {
-            if !r.contains(e) {
-                bail!("RangeEnd {e} not in network {net}");
-            }
-            r.end = e;
+        if r.start == r.end && r.start == r.gateway {
+            return Err(config_err(
+                loc,
+                format!(
+                    "the range {r} holds only its \"gateway\" {}: no address to allocate",
+                    r.gateway
+                ),
+            ));
         }
         Ok(r)
     }
@@ -132,22 +219,45 @@ impl fmt::Display for Range {
 pub struct RangeSet(pub Vec<Range>);
 
 impl RangeSet {
-    pub fn from_conf(confs: &[RangeConf]) -> Result<RangeSet> {
+    /// `loc` names the set ("ipam.ranges[1]"); its ranges are `loc[i]`.
+    pub fn from_conf(confs: &[RangeConf], loc: &str) -> Result<RangeSet> {
         if confs.is_empty() {
-            bail!("empty range set");
+            return Err(config_err(
+                loc,
+                "the range set is empty (it needs at least one range)",
+            ));
         }
         let ranges = confs
             .iter()
-            .map(Range::from_conf)
+            .enumerate()
+            .map(|(i, c)| Range::from_conf(c, &format!("{loc}[{i}]")))
             .collect::<Result<Vec<_>>>()?;
-        let v4 = ranges[0].subnet.addr().is_ipv4();
-        if ranges.iter().any(|r| r.subnet.addr().is_ipv4() != v4) {
-            bail!("mixed address families");
+        let first = ranges[0].subnet;
+        if let Some((i, r)) = ranges
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.subnet.addr().is_ipv4() != first.addr().is_ipv4())
+        {
+            return Err(config_err(
+                &format!("{loc}[{i}]"),
+                format!(
+                    "\"subnet\" {} is {} but {loc}[0] ({first}) is {}: a range set holds one family",
+                    r.subnet,
+                    family(r.subnet.addr()),
+                    family(first.addr())
+                ),
+            ));
         }
         for (i, a) in ranges.iter().enumerate() {
-            for b in &ranges[i + 1..] {
+            for (j, b) in ranges.iter().enumerate().skip(i + 1) {
                 if a.overlaps(b) {
-                    bail!("subnets {a} and {b} overlap");
+                    return Err(config_err(
+                        &format!("{loc}[{j}]"),
+                        format!(
+                            "{b} (in {}) overlaps {loc}[{i}] ({a} in {})",
+                            b.subnet, a.subnet
+                        ),
+                    ));
                 }
             }
         }
@@ -242,36 +352,68 @@ impl<'a> Iterator for RangeIter<'a> {
 }
 
 /// The effective range sets: `[runtimeConfig.ipRanges..., legacy top-level range,
-/// ipam.ranges...]`, validated, with the 0.1/0.2 one-per-family limit.
+/// ipam.ranges...]`, validated, with the 0.1/0.2 one-per-family limit. `ranges` is
+/// `None` when the key is absent (so an explicitly empty list can be named).
 pub fn build_range_sets(
     runtime: &[Vec<RangeConf>],
     legacy: Option<&RangeConf>,
-    ranges: &[Vec<RangeConf>],
+    ranges: Option<&[Vec<RangeConf>]>,
     cni_version: &str,
 ) -> Result<Vec<RangeSet>> {
-    let mut all: Vec<&[RangeConf]> = runtime.iter().map(|v| v.as_slice()).collect();
+    let mut all: Vec<(String, &[RangeConf])> = runtime
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("runtimeConfig.ipRanges[{i}]"), v.as_slice()))
+        .collect();
+    // Like the reference, the top-level keys form a range only when `subnet` is set.
     if let Some(l) = legacy.filter(|l| !l.subnet.is_empty()) {
-        all.push(std::slice::from_ref(l));
+        all.push(("ipam".to_string(), std::slice::from_ref(l)));
     }
-    all.extend(ranges.iter().map(|v| v.as_slice()));
+    all.extend(
+        ranges
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("ipam.ranges[{i}]"), v.as_slice())),
+    );
     if all.is_empty() {
-        bail!("no IP ranges specified");
+        let why = match ranges {
+            Some(_) => "\"ranges\" is empty and there is no \"subnet\"",
+            None => "neither \"ranges\" nor \"subnet\" is set",
+        };
+        return Err(cni_err(
+            Code::InvalidConfig,
+            format!("no IP ranges specified: {why}"),
+        ));
     }
     let sets = all
-        .into_iter()
-        .map(RangeSet::from_conf)
+        .iter()
+        .map(|(loc, confs)| {
+            if *loc == "ipam" {
+                // The legacy range is a set of one, located at the ipam object itself.
+                Range::from_conf(&confs[0], loc).map(|r| RangeSet(vec![r]))
+            } else {
+                RangeSet::from_conf(confs, loc)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     for (i, a) in sets.iter().enumerate() {
         for (j, b) in sets.iter().enumerate().take(i) {
             if a.overlaps(b) {
-                bail!("range set {i} overlaps with {j}");
+                return Err(config_err(
+                    &all[i].0,
+                    format!("range set {a} overlaps {} ({b})", all[j].0),
+                ));
             }
         }
     }
     let old = matches!(cni_version, "" | "0.1.0" | "0.2.0");
     let v4 = sets.iter().filter(|s| s.is_v4()).count();
     if old && (v4 > 1 || sets.len() - v4 > 1) {
-        bail!("CNI version {cni_version} does not support more than 1 address per family");
+        return Err(cni_err(
+            Code::InvalidConfig,
+            format!("CNI version {cni_version} does not support more than 1 address per family"),
+        ));
     }
     Ok(sets)
 }
@@ -279,6 +421,7 @@ pub fn build_range_sets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CniError;
 
     fn rc(subnet: &str, start: &str, end: &str) -> RangeConf {
         RangeConf {
@@ -295,9 +438,16 @@ mod tests {
             .collect()
     }
 
+    /// The message of a coded config error (and that it is code 7).
+    fn msg7(e: anyhow::Error) -> String {
+        let c = CniError::from_anyhow(&e);
+        assert_eq!(c.code, 7, "{}", c.msg);
+        c.msg
+    }
+
     #[test]
     fn defaults() {
-        let r = Range::from_conf(&rc("10.1.2.0/24", "", "")).unwrap();
+        let r = Range::from_conf(&rc("10.1.2.0/24", "", ""), "x").unwrap();
         assert_eq!(
             (
                 r.start.to_string(),
@@ -306,80 +456,106 @@ mod tests {
             ),
             ("10.1.2.1".into(), "10.1.2.254".into(), "10.1.2.1".into())
         );
-        let r = Range::from_conf(&rc("2001:db8::/120", "", "")).unwrap();
+        let r = Range::from_conf(&rc("2001:db8::/120", "", ""), "x").unwrap();
         assert_eq!(r.end.to_string(), "2001:db8::ff");
+        // the smallest networks the reference accepts
+        let r = Range::from_conf(&rc("10.1.2.0/30", "", ""), "x").unwrap();
+        assert_eq!(ips(&RangeSet(vec![r]), None), vec!["10.1.2.2"]);
+        assert!(Range::from_conf(&rc("2001:db8::/126", "", ""), "x").is_ok());
+        // IPv4-mapped addresses are IPv4, as for Go's net.ParseIP
+        let r = Range::from_conf(&rc("10.1.2.0/24", "::ffff:10.1.2.9", ""), "x").unwrap();
+        assert_eq!(r.start.to_string(), "10.1.2.9");
     }
 
     #[test]
     fn errors() {
-        let e = |s: &str, a: &str, b: &str| Range::from_conf(&rc(s, a, b)).unwrap_err().to_string();
+        let e = |s: &str, a: &str, b: &str| msg7(Range::from_conf(&rc(s, a, b), "L").unwrap_err());
         assert_eq!(
             e("10.1.2.0/31", "", ""),
-            "Network 10.1.2.0/31 too small to allocate from"
+            "L: \"subnet\": 10.1.2.0/31 is too small to allocate from (the smallest is /30)"
         );
         assert_eq!(
             e("2001:db8::/127", "", ""),
-            "Network 2001:db8::/127 too small to allocate from"
+            "L: \"subnet\": 2001:db8::/127 is too small to allocate from (the smallest is /126)"
         );
-        assert_eq!(e("10.1.2.5/24", "", ""), "Network has host bits set. For a subnet mask of length 24 the network address is 10.1.2.0");
+        assert_eq!(
+            e("10.1.2.5/24", "", ""),
+            "L: \"subnet\": 10.1.2.5/24 has host bits set (the network is 10.1.2.0/24)"
+        );
         assert_eq!(
             e("10.1.2.0/24", "10.1.3.1", ""),
-            "RangeStart 10.1.3.1 not in network 10.1.2.0/24"
+            "L: \"rangeStart\": 10.1.3.1 is outside \"subnet\" 10.1.2.0/24"
         );
         assert_eq!(
             e("10.1.2.0/24", "", "10.1.3.1"),
-            "RangeEnd 10.1.3.1 not in network 10.1.2.0/24"
+            "L: \"rangeEnd\": 10.1.3.1 is outside \"subnet\" 10.1.2.0/24"
         );
-        let set = |v: Vec<RangeConf>| RangeSet::from_conf(&v).unwrap_err().to_string();
+        let set = |v: Vec<RangeConf>| msg7(RangeSet::from_conf(&v, "S").unwrap_err());
         assert_eq!(
             set(vec![rc("10.1.2.0/24", "", ""), rc("2001:db8::/64", "", "")]),
-            "mixed address families"
+            "S[1]: \"subnet\" 2001:db8::/64 is IPv6 but S[0] (10.1.2.0/24) is IPv4: a range set holds one family"
         );
         assert_eq!(
             set(vec![rc("10.1.2.0/24", "", ""), rc("10.1.2.128/25", "", "")]),
-            "subnets 10.1.2.1-10.1.2.254 and 10.1.2.129-10.1.2.254 overlap"
+            "S[1]: 10.1.2.129-10.1.2.254 (in 10.1.2.128/25) overlaps S[0] (10.1.2.1-10.1.2.254 in 10.1.2.0/24)"
         );
-        let e = build_range_sets(
-            &[],
-            None,
-            &[
-                vec![rc("10.1.2.0/24", "", "")],
-                vec![rc("10.1.2.0/24", "", "")],
-            ],
-            "1.0.0",
-        )
-        .unwrap_err();
-        assert_eq!(e.to_string(), "range set 1 overlaps with 0");
-        let e = build_range_sets(
-            &[],
-            None,
-            &[
-                vec![rc("10.1.2.0/24", "", "")],
-                vec![rc("10.1.3.0/24", "", "")],
-            ],
-            "0.2.0",
-        )
-        .unwrap_err();
         assert_eq!(
-            e.to_string(),
+            set(vec![]),
+            "S: the range set is empty (it needs at least one range)"
+        );
+        let sets = |ranges: &[Vec<RangeConf>], v: &str| {
+            msg7(build_range_sets(&[], None, Some(ranges), v).unwrap_err())
+        };
+        assert_eq!(
+            sets(
+                &[
+                    vec![rc("10.1.2.0/24", "", "")],
+                    vec![rc("10.1.2.0/24", "", "")]
+                ],
+                "1.0.0"
+            ),
+            "ipam.ranges[1]: range set 10.1.2.1-10.1.2.254 overlaps ipam.ranges[0] (10.1.2.1-10.1.2.254)"
+        );
+        assert_eq!(
+            sets(
+                &[
+                    vec![rc("10.1.2.0/24", "", "")],
+                    vec![rc("10.1.3.0/24", "", "")]
+                ],
+                "0.2.0"
+            ),
             "CNI version 0.2.0 does not support more than 1 address per family"
         );
         assert!(build_range_sets(
             &[],
             None,
-            &[
+            Some(&[
                 vec![rc("10.1.2.0/24", "", "")],
                 vec![rc("2001:db8::/64", "", "")]
-            ],
+            ]),
             "0.2.0"
         )
         .is_ok());
         assert_eq!(
-            build_range_sets(&[], None, &[], "1.0.0")
-                .unwrap_err()
-                .to_string(),
-            "no IP ranges specified"
+            msg7(build_range_sets(&[], None, None, "1.0.0").unwrap_err()),
+            "no IP ranges specified: neither \"ranges\" nor \"subnet\" is set"
         );
+        assert_eq!(
+            sets(&[], "1.0.0"),
+            "no IP ranges specified: \"ranges\" is empty and there is no \"subnet\""
+        );
+        // a legacy range without subnet is ignored, as by the reference
+        let stray = RangeConf {
+            gateway: "10.9.9.9".into(),
+            ..Default::default()
+        };
+        assert!(build_range_sets(
+            &[],
+            Some(&stray),
+            Some(&[vec![rc("10.1.2.0/24", "", "")]]),
+            "1.0.0"
+        )
+        .is_ok());
     }
 
     #[test]
@@ -387,7 +563,7 @@ mod tests {
         let sets = build_range_sets(
             &[vec![rc("10.9.0.0/24", "", "")]],
             Some(&rc("10.8.0.0/24", "", "")),
-            &[vec![rc("10.7.0.0/24", "", "")]],
+            Some(&[vec![rc("10.7.0.0/24", "", "")]]),
             "1.0.0",
         )
         .unwrap();
@@ -397,7 +573,7 @@ mod tests {
 
     #[test]
     fn round_robin() {
-        let set = RangeSet::from_conf(&[rc("10.1.2.0/29", "", "")]).unwrap();
+        let set = RangeSet::from_conf(&[rc("10.1.2.0/29", "", "")], "x").unwrap();
         assert_eq!(
             ips(&set, None),
             vec!["10.1.2.2", "10.1.2.3", "10.1.2.4", "10.1.2.5", "10.1.2.6"]
@@ -413,20 +589,26 @@ mod tests {
         // a last-reserved address outside the set is ignored
         assert_eq!(ips(&set, Some("10.9.9.9"))[0], "10.1.2.2");
         // end of one range continues at the next range's start
-        let set = RangeSet::from_conf(&[
-            rc("10.1.2.0/24", "10.1.2.10", "10.1.2.11"),
-            rc("10.1.3.0/24", "10.1.3.20", "10.1.3.21"),
-        ])
+        let set = RangeSet::from_conf(
+            &[
+                rc("10.1.2.0/24", "10.1.2.10", "10.1.2.11"),
+                rc("10.1.3.0/24", "10.1.3.20", "10.1.3.21"),
+            ],
+            "x",
+        )
         .unwrap();
         assert_eq!(
             ips(&set, Some("10.1.2.11")),
             vec!["10.1.3.20", "10.1.3.21", "10.1.2.10", "10.1.2.11"]
         );
         // an explicit start at the gateway skips it
-        let set = RangeSet::from_conf(&[RangeConf {
-            gateway: "10.1.2.3".into(),
-            ..rc("10.1.2.0/29", "10.1.2.2", "10.1.2.4")
-        }])
+        let set = RangeSet::from_conf(
+            &[RangeConf {
+                gateway: "10.1.2.3".into(),
+                ..rc("10.1.2.0/29", "10.1.2.2", "10.1.2.4")
+            }],
+            "x",
+        )
         .unwrap();
         assert_eq!(ips(&set, None), vec!["10.1.2.2", "10.1.2.4"]);
     }

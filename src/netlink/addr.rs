@@ -145,36 +145,44 @@ impl Nl {
         let v = self.request(Rtm::Getaddr, NlmF::DUMP, req, || {
             "failed to list addresses".into()
         })?;
-        let mut out = Vec::new();
-        for m in v {
-            if index != 0 && *m.ifa_index() != index {
-                continue;
+        Ok(v.iter()
+            .filter(|m| index == 0 || *m.ifa_index() == index)
+            .filter_map(Addr::from_msg)
+            .collect())
+    }
+}
+
+impl Addr {
+    /// An address of a dump; `None` for one without an address or with a prefix length
+    /// that does not fit it.
+    fn from_msg(m: &Ifaddrmsg) -> Option<Addr> {
+        let mut local = None;
+        let mut address = None;
+        let mut flags = u8::from(*m.ifa_flags()) as u32;
+        for a in m.rtattrs().iter() {
+            let p: &[u8] = a.rta_payload().as_ref();
+            match u16::from(*a.rta_type()) {
+                t if t == u16::from(Ifa::Local) => local = ip_from(p),
+                t if t == u16::from(Ifa::Address) => address = ip_from(p),
+                IFA_FLAGS => flags = u32_of(p),
+                _ => {}
             }
-            let mut local = None;
-            let mut address = None;
-            let mut flags = u8::from(*m.ifa_flags()) as u32;
-            for a in m.rtattrs().iter() {
-                let p: &[u8] = a.rta_payload().as_ref();
-                match u16::from(*a.rta_type()) {
-                    t if t == u16::from(Ifa::Local) => local = ip_from(p),
-                    t if t == u16::from(Ifa::Address) => address = ip_from(p),
-                    IFA_FLAGS => flags = u32_of(p),
-                    _ => {}
-                }
-            }
-            let Some(ip) = local.or(address) else {
-                continue;
-            };
-            let Ok(net) = IpNet::new(ip, *m.ifa_prefixlen()) else {
-                continue;
-            };
-            out.push(Addr {
-                index: *m.ifa_index(),
-                net,
-                scope: u8::from(*m.ifa_scope()),
-                flags,
-            });
         }
-        Ok(out)
+        let net = IpNet::new(local.or(address)?, *m.ifa_prefixlen()).ok()?;
+        Some(Addr {
+            index: *m.ifa_index(),
+            net,
+            scope: u8::from(*m.ifa_scope()),
+            flags,
+        })
+    }
+}
+
+/// Fuzzing: read arbitrary bytes as an address of a dump (see `netlink::fuzz_reply`).
+#[doc(hidden)]
+pub fn fuzz_payload(b: &[u8]) {
+    use neli::FromBytesWithInput;
+    if let Ok(m) = Ifaddrmsg::from_bytes_with_input(&mut std::io::Cursor::new(b), b.len()) {
+        let _ = Addr::from_msg(&m);
     }
 }

@@ -913,6 +913,31 @@ impl Nl {
     }
 }
 
+/// Fuzzing: read arbitrary bytes as a link of a dump (see `netlink::fuzz_reply`).
+#[doc(hidden)]
+pub fn fuzz_payload(b: &[u8]) {
+    use neli::FromBytesWithInput;
+    if let Ok(m) = Ifinfomsg::from_bytes_with_input(&mut std::io::Cursor::new(b), b.len()) {
+        let _ = Link::from_msg(&m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// host-device, dummy and tap (issue 18): kept in their own block to ease merging.
+
+impl Nl {
+    /// Remove a link's alias: an empty IFLA_IFALIAS clears it (the kernel stores a
+    /// zero-length alias as none, and stops reporting the attribute).
+    pub fn clear_alias(&self, index: u32) -> Result<()> {
+        self.set(
+            index,
+            base(index),
+            vec![attr(Ifla::Ifalias, Buffer::from(Vec::new()))?],
+            "alias",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

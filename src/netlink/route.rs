@@ -184,46 +184,62 @@ impl Nl {
             "failed to list routes".into()
         })?;
         let mut out = Vec::new();
-        for m in v {
-            let mut r = RouteSpec {
-                dst: IpNet::new(
-                    if v6 {
-                        IpAddr::from([0u8; 16])
-                    } else {
-                        IpAddr::from([0u8; 4])
-                    },
-                    0,
-                )
-                .map_err(|e| anyhow!("{e}"))?,
-                gw: None,
-                oif: 0,
-                src: None,
-                table: u8::from(*m.rtm_table()) as u32,
-                scope: u8::from(*m.rtm_scope()),
-                priority: 0,
-                protocol: u8::from(*m.rtm_protocol()),
-                kind: u8::from(*m.rtm_type()),
-            };
-            let mut dst = None;
-            for a in m.rtattrs().iter() {
-                let p: &[u8] = a.rta_payload().as_ref();
-                match *a.rta_type() {
-                    Rta::Dst => dst = ip_from(p),
-                    Rta::Gateway => r.gw = ip_from(p),
-                    Rta::Oif => r.oif = u32_of(p),
-                    Rta::Prefsrc => r.src = ip_from(p),
-                    Rta::Priority => r.priority = u32_of(p),
-                    Rta::Table => r.table = u32_of(p),
-                    _ => {}
-                }
-            }
-            if let Some(d) = dst {
-                r.dst = IpNet::new(d, *m.rtm_dst_len()).map_err(|e| anyhow!("{e}"))?;
-            }
+        for m in &v {
+            let r = RouteSpec::from_msg(m, v6)?;
             if table == 0 || r.table == table {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+}
+
+impl RouteSpec {
+    /// A route of a dump. A destination whose prefix length does not fit its family
+    /// is an error (the kernel never sends one).
+    fn from_msg(m: &Rtmsg, v6: bool) -> Result<RouteSpec> {
+        let any = if v6 {
+            IpAddr::from([0u8; 16])
+        } else {
+            IpAddr::from([0u8; 4])
+        };
+        let mut r = RouteSpec {
+            dst: IpNet::new(any, 0).map_err(|e| anyhow!("{e}"))?,
+            gw: None,
+            oif: 0,
+            src: None,
+            table: u8::from(*m.rtm_table()) as u32,
+            scope: u8::from(*m.rtm_scope()),
+            priority: 0,
+            protocol: u8::from(*m.rtm_protocol()),
+            kind: u8::from(*m.rtm_type()),
+        };
+        let mut dst = None;
+        for a in m.rtattrs().iter() {
+            let p: &[u8] = a.rta_payload().as_ref();
+            match *a.rta_type() {
+                Rta::Dst => dst = ip_from(p),
+                Rta::Gateway => r.gw = ip_from(p),
+                Rta::Oif => r.oif = u32_of(p),
+                Rta::Prefsrc => r.src = ip_from(p),
+                Rta::Priority => r.priority = u32_of(p),
+                Rta::Table => r.table = u32_of(p),
+                _ => {}
+            }
+        }
+        if let Some(d) = dst {
+            r.dst = IpNet::new(d, *m.rtm_dst_len()).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(r)
+    }
+}
+
+/// Fuzzing: read arbitrary bytes as a route of a dump (see `netlink::fuzz_reply`).
+#[doc(hidden)]
+pub fn fuzz_payload(b: &[u8]) {
+    use neli::FromBytesWithInput;
+    if let Ok(m) = Rtmsg::from_bytes_with_input(&mut std::io::Cursor::new(b), b.len()) {
+        let _ = RouteSpec::from_msg(&m, false);
+        let _ = RouteSpec::from_msg(&m, true);
     }
 }

@@ -8,6 +8,8 @@
 //! (`/usr/lib/cni`). A missing oracle fails the test with a clear message.
 
 #![allow(dead_code)]
+// The one unsafe call: entering the rig's host netns in the child before exec.
+#![allow(unsafe_code)]
 
 use serde_json::Value;
 use std::os::unix::io::AsRawFd;
@@ -66,13 +68,20 @@ impl Netns {
         ns
     }
 
-    /// Run a command inside the namespace.
+    /// Run a command inside the namespace; the caller judges the outcome.
     pub fn exec(&self, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)
             .output()
             .expect("run ip netns exec")
+    }
+
+    /// Run a command inside the namespace, panicking with its stderr if it fails; its
+    /// stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = must(self.exec(args), &format!("{args:?} in netns {}", self.name));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `ip -n <ns> args...`, panicking on failure.
@@ -88,14 +97,40 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `ip -n <ns> -j args...` parsed; an error (missing device) gives `[]`.
+    /// `ip -n <ns> -j args...` parsed. Any failure panics with the command and its
+    /// stderr: a broken `ip` must never read as "nothing there".
     pub fn ip_json(&self, args: &[&str]) -> Value {
+        self.ip_json_dev(args)
+            .unwrap_or_else(|| panic!("ip -n {} -j {args:?}: the device does not exist", self.name))
+    }
+
+    /// Like [`Netns::ip_json`] for a command naming a device (`... dev X`): `None` only
+    /// when `ip` says that device does not exist; every other failure panics.
+    pub fn ip_json_dev(&self, args: &[&str]) -> Option<Value> {
         let out = Command::new("ip")
             .args(["-n", &self.name, "-j"])
             .args(args)
             .output()
             .expect("run ip");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let e = stderr.trim();
+            if e.starts_with("Device \"") && e.ends_with("\" does not exist.") {
+                return None;
+            }
+            panic!(
+                "ip -n {} -j {args:?} failed ({}): {e}",
+                self.name, out.status
+            );
+        }
+        match serde_json::from_slice(&out.stdout) {
+            Ok(v) => Some(v),
+            Err(e) => panic!(
+                "ip -n {} -j {args:?}: unparseable output ({e}): {}{stderr}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        }
     }
 
     pub fn delete(&self) {
@@ -220,6 +255,8 @@ pub struct Call<'a> {
 }
 
 pub struct CniOut {
+    /// The `CNI_COMMAND` of the call ("" for the about text).
+    pub command: String,
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -229,24 +266,82 @@ pub struct CniOut {
 static NULL: Value = Value::Null;
 
 impl CniOut {
-    /// The result; panics with everything printed if the call failed.
+    /// Success, with the output the spec requires of the command: ADD and VERSION
+    /// print one JSON object (returned), DEL, CHECK, GC and STATUS print nothing
+    /// (`Value::Null` is returned). Anything else panics with everything printed.
     pub fn ok(&self) -> &Value {
         if self.code != 0 {
             panic!(
-                "plugin failed (exit {}):\nstdout: {}\nstderr: {}",
-                self.code, self.stdout, self.stderr
+                "{} failed (exit {}):\nstdout: {}\nstderr: {}",
+                self.command, self.code, self.stdout, self.stderr
             );
         }
-        self.json.as_ref().unwrap_or(&NULL)
+        match self.command.as_str() {
+            "ADD" | "VERSION" => match &self.json {
+                Some(v @ Value::Object(_)) => v,
+                _ => panic!(
+                    "{} exited 0 but did not print a JSON object:\nstdout: {:?}\nstderr: {}",
+                    self.command, self.stdout, self.stderr
+                ),
+            },
+            "DEL" | "CHECK" | "GC" | "STATUS" => {
+                assert!(
+                    self.stdout.is_empty(),
+                    "{} exited 0 but printed something (it must print nothing):\nstdout: {:?}",
+                    self.command,
+                    self.stdout
+                );
+                &NULL
+            }
+            other => panic!("ok() does not know what {other:?} must print"),
+        }
     }
 
-    /// The error object's code (panics if the call succeeded).
+    /// The error object printed by a failed call: exit status 1, one JSON object with a
+    /// numeric `code` and a string `msg` (panics otherwise, e.g. if the call succeeded).
+    pub fn err(&self) -> &Value {
+        assert_eq!(
+            self.code, 1,
+            "{}: expected a reported failure (exit 1), got exit {}:\nstdout: {}\nstderr: {}",
+            self.command, self.code, self.stdout, self.stderr
+        );
+        let v = match &self.json {
+            Some(v @ Value::Object(_)) => v,
+            _ => panic!(
+                "{}: no error object on stdout: {:?}",
+                self.command, self.stdout
+            ),
+        };
+        assert!(v["code"].is_u64(), "error object without a code: {v}");
+        assert!(v["msg"].is_string(), "error object without a msg: {v}");
+        v
+    }
+
+    /// The error object's code.
     pub fn err_code(&self) -> i64 {
-        assert_ne!(self.code, 0, "expected a failure, got: {}", self.stdout);
-        self.json
-            .as_ref()
-            .and_then(|v| v["code"].as_i64())
-            .unwrap_or_else(|| panic!("no error object: {}", self.stdout))
+        self.err()["code"].as_i64().unwrap()
+    }
+
+    /// `msg` and `details` of the error object, joined.
+    pub fn err_text(&self) -> String {
+        let e = self.err();
+        format!(
+            "{} {}",
+            e["msg"].as_str().unwrap_or(""),
+            e["details"].as_str().unwrap_or("")
+        )
+    }
+
+    /// Assert a failure with `code` whose message (or details) contains `reason`.
+    pub fn fails_with(&self, code: i64, reason: &str) {
+        assert_eq!(self.err_code(), code, "{}", self.stdout);
+        let text = self.err_text();
+        assert!(
+            text.contains(reason),
+            "{}: want {reason:?} in the error, got: {}",
+            self.command,
+            self.stdout
+        );
     }
 }
 
@@ -278,6 +373,11 @@ impl<'a> Call<'a> {
     /// Run the upstream Go plugin v1.9.1 instead.
     pub fn go(mut self) -> Self {
         self.dir = Some(oracle_dir());
+        self
+    }
+    /// Run `dir/<plugin>` with `CNI_PATH=dir` (a hand-made plugin directory).
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
         self
     }
     /// Run Debian's installed Go plugin (1.1.1) instead.
@@ -346,6 +446,7 @@ impl<'a> Call<'a> {
         let out = self.spawn().wait_with_output().expect("wait for plugin");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         CniOut {
+            command: self.command.clone(),
             code: out.status.code().unwrap_or(-1),
             json: serde_json::from_str(&stdout).ok(),
             stdout,
@@ -406,15 +507,19 @@ pub fn links(ns: &Netns) -> Vec<Value> {
     ns.ip_json(&["-d", "link", "show"])
         .as_array()
         .cloned()
-        .unwrap_or_default()
+        .expect("ip link prints a list")
 }
 
-/// The `addr_info` entries of `ifname` (empty if it does not exist).
+/// The `addr_info` entries of `ifname` (empty if it does not exist; any other failure
+/// of `ip` panics).
 pub fn addrs(ns: &Netns, ifname: &str) -> Vec<Value> {
-    ns.ip_json(&["addr", "show", "dev", ifname])[0]["addr_info"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    match ns.ip_json_dev(&["addr", "show", "dev", ifname]) {
+        None => vec![],
+        Some(v) => v[0]["addr_info"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("ip addr show dev {ifname}: no addr_info in {v}")),
+    }
 }
 
 /// Routes of the main table.
@@ -423,34 +528,80 @@ pub fn routes(ns: &Netns, v6: bool) -> Vec<Value> {
     ns.ip_json(&[fam, "route", "show"])
         .as_array()
         .cloned()
-        .unwrap_or_default()
+        .expect("ip route prints a list")
 }
 
+/// `nft list ruleset` (panics if nft fails).
 pub fn nft_ruleset(ns: &Netns) -> String {
-    let out = ns.exec(&["nft", "list", "ruleset"]);
-    assert!(
-        out.status.success(),
-        "nft list ruleset: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ns.run(&["nft", "list", "ruleset"])
 }
 
+/// `nft -a list ruleset`: with rule and chain handles.
+pub fn nft_ruleset_handles(ns: &Netns) -> String {
+    ns.run(&["nft", "-a", "list", "ruleset"])
+}
+
+/// `nft [-a] list <what...>` of a table or chain; `None` only when nft says it does
+/// not exist (ENOENT), any other failure panics.
+pub fn nft_list(ns: &Netns, handles: bool, what: &[&str]) -> Option<String> {
+    let mut args = vec!["nft"];
+    if handles {
+        args.push("-a");
+    }
+    args.push("list");
+    args.extend_from_slice(what);
+    let out = ns.exec(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    if stderr.starts_with("Error: No such file or directory") {
+        return None;
+    }
+    panic!("{args:?} in netns {} failed: {stderr}", ns.name);
+}
+
+/// `iptables-save -t nat` (or ip6tables-save), panicking if it fails.
 pub fn iptables_save(ns: &Netns, v6: bool) -> String {
     let tool = if v6 {
         "ip6tables-save"
     } else {
         "iptables-save"
     };
-    let out = ns.exec(&[tool, "-t", "nat"]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let s = ns.run(&[tool, "-t", "nat"]);
+    assert!(
+        s.contains("*nat"),
+        "{tool} -t nat printed no nat table: {s}"
+    );
+    s
 }
 
-/// One ping from inside `ns` (traffic stays within the test's namespaces).
+/// The rule lines (`-A ...`) of [`iptables_save`].
+pub fn iptables_rules(ns: &Netns, v6: bool) -> Vec<String> {
+    iptables_save(ns, v6)
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// One ping from inside `ns` (traffic stays within the test's namespaces): true on a
+/// reply, false when none came (ping's exit 1) or there is no route ("Network is
+/// unreachable"); any other failure (ping or the netns missing, bad address) panics.
 pub fn ping(ns: &Netns, ip: &str) -> bool {
-    ns.exec(&["ping", "-c", "1", "-W", "2", ip])
-        .status
-        .success()
+    let out = ns.exec(&["ping", "-c", "1", "-W", "2", ip]);
+    let unreachable = String::from_utf8_lossy(&out.stderr).contains("Network is unreachable");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        Some(2) if unreachable => false,
+        _ => panic!(
+            "ping {ip} in netns {} failed ({}): {}",
+            ns.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Replace what legitimately differs between two runs: MACs, random veth names and
@@ -484,9 +635,12 @@ fn is_random_veth(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // Helpers shared by the plugin test files
 
-/// `ip -d link` entry of `name`, if it exists.
+/// `ip -d link` entry of `name`; `None` only if `ip` says it does not exist.
 pub fn link(ns: &Netns, name: &str) -> Option<Value> {
-    links(ns).into_iter().find(|l| l["ifname"] == name)
+    let v = ns.ip_json_dev(&["-d", "link", "show", "dev", name])?;
+    let l = v[0].clone();
+    assert_eq!(l["ifname"], name, "ip link show dev {name}: {v}");
+    Some(l)
 }
 
 /// Does `ifname` carry `cidr` ("10.1.2.3/24")?
@@ -513,16 +667,19 @@ pub fn merged(mut base: Value, extra: &Value) -> Value {
     base
 }
 
-/// The host-local reservation files (named after an IP) in `dir`, sorted.
+/// The host-local reservation files (named after an IP) in `dir`, sorted; empty if
+/// `dir` does not exist (any other error panics).
 pub fn reservations(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
+        Err(e) => panic!("read {}: {e}", dir.display()),
+    };
+    let mut v: Vec<String> = rd
+        .map(|e| e.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
     v.sort();
     v
 }
@@ -532,4 +689,80 @@ pub fn bridge_conf(rig: &Rig, ver: &str, extra: Value, ranges: Value) -> Value {
     let base = serde_json::json!({"cniVersion": ver, "name": "brnet", "type": "bridge", "bridge": "cbr0",
         "ipam": {"type": "host-local", "ranges": ranges, "dataDir": rig.data_dir()}});
     merged(base, &extra)
+}
+
+/// The L3 state of one side of a differential, with what legitimately differs between two
+/// runs replaced (random veth names, MACs, IPv6 link-local addresses derived from MACs):
+/// for the host and the container namespace, every link (name, kind, MTU, master,
+/// configured flags), its addresses and both routing tables (main table).
+pub fn net_state(rig: &Rig) -> Value {
+    fn name(s: &Value) -> Value {
+        match s.as_str() {
+            Some(n) if is_random_veth(n) => Value::String("<veth>".into()),
+            _ => s.clone(),
+        }
+    }
+    let side = |ns: &Netns| {
+        let mut ls: Vec<Value> = links(ns)
+            .iter()
+            .map(|l| {
+                let ifname = l["ifname"].as_str().unwrap();
+                let addrs: Vec<Value> = addrs(ns, ifname)
+                    .iter()
+                    .filter(|a| a["scope"] != "link")
+                    .map(|a| {
+                        serde_json::json!([a["family"], a["local"], a["prefixlen"], a["scope"]])
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": name(&l["ifname"]),
+                    "kind": l["linkinfo"]["info_kind"],
+                    "mtu": l["mtu"],
+                    "master": name(&l["master"]),
+                    // Configured flags only: carrier (LOWER_UP, NO-CARRIER) settles
+                    // asynchronously after a veth comes up.
+                    "flags": l["flags"].as_array().unwrap().iter()
+                        .filter(|f| *f != "LOWER_UP" && *f != "NO-CARRIER")
+                        .cloned().collect::<Vec<_>>(),
+                    "addrs": addrs,
+                })
+            })
+            .collect();
+        ls.sort_by_key(|l| l.to_string());
+        let mut rs: Vec<Value> = [false, true]
+            .iter()
+            .flat_map(|v6| routes(ns, *v6))
+            .map(|r| {
+                serde_json::json!([
+                    r["dst"],
+                    r["gateway"],
+                    name(&r["dev"]),
+                    r["scope"],
+                    r["protocol"],
+                    r["prefsrc"],
+                    r["metric"],
+                    r["flags"]
+                ])
+            })
+            .collect();
+        rs.sort_by_key(|r| r.to_string());
+        serde_json::json!({"links": ls, "routes": rs})
+    };
+    serde_json::json!({"host": side(&rig.host), "cont": side(&rig.cont)})
+}
+
+/// iptables nat rules, ip6tables nat rules, `nft list ruleset`.
+pub type FwState = (Vec<String>, Vec<String>, String);
+
+/// The firewall state of a rig's host: iptables and ip6tables nat rules, and the whole
+/// nftables ruleset (without the empty `ip`/`ip6 nat` tables iptables-nft may leave).
+pub fn fw_state(rig: &Rig) -> FwState {
+    let nft = nft_ruleset(&rig.host)
+        .replace("table ip nat {\n}\n", "")
+        .replace("table ip6 nat {\n}\n", "");
+    (
+        iptables_rules(&rig.host, false),
+        iptables_rules(&rig.host, true),
+        nft,
+    )
 }

@@ -1,0 +1,272 @@
+//! sbr through the built binary (§2.16, §4.16 of the reference notes): rules and routes
+//! read back with `ip -j`, compared with the Go plugin v1.9.1 (same rules, same tables,
+//! same routes), cross-DEL both ways, DEL without a netns, and malformed inputs.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// `eth0` in the container (veth to the host) with 10.78.0.2/24 and fd78::2/64, plus a
+/// route of its own, and a second interface `eth1` that sbr must leave alone.
+fn setup(rig: &Rig) {
+    rig.host.ip(&[
+        "link",
+        "add",
+        "name",
+        "hv0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &rig.cont.name,
+    ]);
+    rig.host.ip(&[
+        "link",
+        "add",
+        "name",
+        "hv1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        &rig.cont.name,
+    ]);
+    for dev in ["eth0", "eth1"] {
+        rig.cont.ip(&["link", "set", dev, "up"]);
+    }
+    rig.cont.ip(&["addr", "add", "10.78.0.2/24", "dev", "eth0"]);
+    rig.cont
+        .ip(&["addr", "add", "fd78::2/64", "dev", "eth0", "nodad"]);
+    rig.cont.ip(&["addr", "add", "10.79.0.2/24", "dev", "eth1"]);
+    rig.cont.ip(&[
+        "route",
+        "add",
+        "10.200.0.0/16",
+        "via",
+        "10.78.0.1",
+        "dev",
+        "eth0",
+    ]);
+    rig.cont
+        .ip(&["route", "add", "default", "via", "10.79.0.1"]);
+}
+
+fn conf(rig: &Rig, extra: Value) -> Value {
+    merged(
+        json!({"cniVersion": "1.0.0", "name": "sbrnet", "type": "sbr",
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": rig.cont.path}],
+                "ips": [{"address": "10.78.0.2/24", "gateway": "10.78.0.1", "interface": 0},
+                        {"address": "fd78::2/64", "interface": 0}]}}),
+        &extra,
+    )
+}
+
+/// Rules and every route of every table, both families, as `ip -j` prints them (the
+/// kernel's local table and link-local multicast routes excluded).
+fn state(ns: &Netns) -> Value {
+    let mut rules = ns.ip_json(&["rule", "show"]);
+    rules = Value::Array(rules.as_array().unwrap().clone());
+    let mut v6 = ns.ip_json(&["-6", "rule", "show"]);
+    v6 = Value::Array(v6.as_array().unwrap().clone());
+    let routes = |fam: &str| -> Vec<Value> {
+        ns.ip_json(&[fam, "route", "show", "table", "all"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["table"] != "local")
+            .cloned()
+            .collect()
+    };
+    json!({"rules4": rules, "rules6": v6, "routes4": routes("-4"), "routes6": routes("-6")})
+}
+
+#[test]
+fn add_moves_routes_into_a_table_and_del_removes_the_rules() {
+    let rig = Rig::new();
+    setup(&rig);
+    let c = conf(&rig, json!({}));
+    let before = state(&rig.cont);
+    let r = rig.call("sbr", "ADD", &c).run().ok().clone();
+    assert_eq!(
+        r["ips"], c["prevResult"]["ips"],
+        "prevResult passes through"
+    );
+    let s = state(&rig.cont);
+    let rules = s["rules4"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["src"] == "10.78.0.2" && r["table"] == "100"),
+        "{rules:?}"
+    );
+    let r6 = s["rules6"].as_array().unwrap();
+    assert!(
+        r6.iter()
+            .any(|r| r["src"] == "fd78::2" && r["table"] == "101"),
+        "{r6:?}"
+    );
+    let t100: Vec<&Value> = s["routes4"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == "100")
+        .collect();
+    let dsts: Vec<&str> = t100.iter().map(|r| r["dst"].as_str().unwrap()).collect();
+    assert!(
+        dsts.contains(&"default")
+            && dsts.contains(&"10.78.0.0/24")
+            && dsts.contains(&"10.200.0.0/16"),
+        "{t100:?}"
+    );
+    // eth0's main-table routes are gone, eth1's stay
+    let main: Vec<&Value> = s["routes4"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("table").is_none())
+        .collect();
+    assert!(main.iter().all(|r| r["dev"] == "eth1"), "{main:?}");
+    rig.call("sbr", "CHECK", &with_prev(&c, &r)).run().ok();
+
+    rig.call("sbr", "DEL", &c).run().ok();
+    let after = state(&rig.cont);
+    assert_eq!(after["rules4"], before["rules4"]);
+    assert_eq!(after["rules6"], before["rules6"]);
+    rig.call("sbr", "CHECK", &with_prev(&c, &r))
+        .run()
+        .fails_with(999, "no source rule for 10.78.0.2/32");
+    rig.call("sbr", "DEL", &c).run().ok();
+}
+
+#[test]
+fn a_configured_table_gets_rules_only() {
+    let rig = Rig::new();
+    setup(&rig);
+    let before = state(&rig.cont);
+    let c = conf(&rig, json!({"table": 5000}));
+    rig.call("sbr", "ADD", &c).run().ok();
+    let s = state(&rig.cont);
+    assert_eq!(s["routes4"], before["routes4"]);
+    assert!(s["rules4"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["src"] == "10.78.0.2" && r["table"] == "5000"));
+    rig.call("sbr", "DEL", &c).run().ok();
+    assert_eq!(state(&rig.cont), before);
+}
+
+/// DEL with the netns gone succeeds and creates nothing at the netns path (the
+/// reference fails and leaves an empty file there).
+#[test]
+fn del_without_a_netns() {
+    let rig = Rig::new();
+    let path = rig.dir.join("gone-netns");
+    let c = conf(&rig, json!({}));
+    rig.call("sbr", "DEL", &c)
+        .netns(path.to_str().unwrap())
+        .run()
+        .ok();
+    assert!(!path.exists());
+    rig.call("sbr", "DEL", &c).netns("").run().ok();
+}
+
+/// Same rules and routes as the Go plugin v1.9.1 on the same setup; each side's DEL
+/// removes the other's rules.
+#[test]
+fn differential_against_v1_9_1() {
+    for extra in [json!({}), json!({"table": 5000})] {
+        let go = Rig::new();
+        let ours = Rig::new();
+        setup(&go);
+        setup(&ours);
+        let cg = conf(&go, extra.clone());
+        let co = conf(&ours, extra.clone());
+        let before = state(&ours.cont);
+        go.call("sbr", "ADD", &cg).go().run().ok();
+        ours.call("sbr", "ADD", &co).run().ok();
+        assert_eq!(state(&go.cont), state(&ours.cont), "{extra}");
+        go.call("sbr", "DEL", &cg).run().ok();
+        ours.call("sbr", "DEL", &co).go().run().ok();
+        for rig in [&go, &ours] {
+            let s = state(&rig.cont);
+            assert_eq!(s["rules4"], before["rules4"], "{extra}");
+            assert_eq!(s["rules6"], before["rules6"], "{extra}");
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    what: String,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    conf: Option<Value>,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    ifname: Option<String>,
+    code: i64,
+    msg: String,
+}
+
+#[test]
+fn malformed_inputs_get_the_right_code_and_change_nothing() {
+    let cases: Vec<Case> =
+        serde_json::from_str(include_str!("../testdata/malformed-sbr.json")).unwrap();
+    assert!(cases.len() >= 10);
+    let rig = Rig::new();
+    setup(&rig);
+    let file = rig.dir.join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    let missing = rig.dir.join("no-such-netns");
+    let before = state(&rig.cont);
+    for case in &cases {
+        let what = &case.what;
+        let mut c = conf(&rig, json!({}));
+        for (k, v) in case
+            .conf
+            .as_ref()
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let mut call = rig.call("sbr", case.command.as_deref().unwrap_or("ADD"), &c);
+        if let Some(i) = &case.ifname {
+            call = call.ifname(i);
+        }
+        match case.netns.as_deref() {
+            Some("missing") => call = call.netns(missing.to_str().unwrap()),
+            Some("file") => call = call.netns(file.to_str().unwrap()),
+            Some(other) => panic!("{what}: unknown netns kind {other}"),
+            None => {}
+        }
+        let out = call.run();
+        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
+        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(&case.msg),
+            "{what}: {msg:?} lacks {:?}",
+            case.msg
+        );
+        assert_eq!(
+            state(&rig.cont),
+            before,
+            "{what}: the failed call changed something"
+        );
+        assert!(!missing.exists(), "{what}: created the netns path");
+    }
+}

@@ -1,0 +1,301 @@
+//! vrf through the built binary (§2.18, §4.18 of the reference notes). The build
+//! machine's kernel has no VRF driver, so the tests that make one are `#[ignore]`d and
+//! run in the vmtest VM (`make test-vm`, `--include-ignored`); run on a kernel without
+//! the driver they fail and say why. The malformed-input table needs no VRF (every case
+//! fails before one is made) and runs everywhere.
+//!
+//! `vrf_driver_or_deferred_to_the_vm` (not ignored) keeps a host run honest: without
+//! the driver it fails unless `CNIBOX_VRF_TESTS_IN_VM=1` says the VM run follows.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn kernel_has_vrf() -> bool {
+    let ns = Netns::new("v");
+    ns.exec(&[
+        "ip", "link", "add", "cbxprobe", "type", "vrf", "table", "10",
+    ])
+    .status
+    .success()
+}
+
+fn need_vrf() {
+    assert!(
+        kernel_has_vrf(),
+        "this kernel has no vrf link type (CONFIG_NET_VRF): run this test in the VM \
+         (make test-vm does: ../shared/vmtest/run-in-vm, with --include-ignored)"
+    );
+}
+
+#[test]
+fn vrf_driver_or_deferred_to_the_vm() {
+    if kernel_has_vrf() {
+        return;
+    }
+    let in_vm = std::env::var("VMTEST_GUEST").as_deref() == Ok("1");
+    assert!(!in_vm, "the vmtest VM's kernel must have the vrf driver");
+    assert_eq!(
+        std::env::var("CNIBOX_VRF_TESTS_IN_VM").as_deref(),
+        Ok("1"),
+        "this kernel has no vrf driver, so the vrf tests cannot run here: run them in \
+         the VM (make test-vm), and set CNIBOX_VRF_TESTS_IN_VM=1 to say a VM run follows"
+    );
+}
+
+/// `ethN` in the container (veth to the host) with 10.80.N.2/24, fd80:N::2/64 and a
+/// gateway route of its own.
+fn iface(rig: &Rig, n: u8) {
+    let (host, cont) = (format!("hv{n}"), format!("eth{n}"));
+    rig.host.ip(&[
+        "link",
+        "add",
+        "name",
+        &host,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &cont,
+        "netns",
+        &rig.cont.name,
+    ]);
+    rig.cont.ip(&["link", "set", &cont, "up"]);
+    rig.host.ip(&["link", "set", &host, "up"]);
+    rig.cont
+        .ip(&["addr", "add", &format!("10.80.{n}.2/24"), "dev", &cont]);
+    rig.cont.ip(&[
+        "addr",
+        "add",
+        &format!("fd80:{n}::2/64"),
+        "dev",
+        &cont,
+        "nodad",
+    ]);
+    rig.cont.ip(&[
+        "route",
+        "add",
+        &format!("10.90.{n}.0/24"),
+        "via",
+        &format!("10.80.{n}.1"),
+        "dev",
+        &cont,
+    ]);
+}
+
+fn conf(rig: &Rig, extra: Value) -> Value {
+    merged(
+        json!({"cniVersion": "1.0.0", "name": "vrfnet", "type": "vrf", "vrfname": "vrf0",
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": rig.cont.path}],
+                "ips": [{"address": "10.80.0.2/24", "interface": 0}]}}),
+        &extra,
+    )
+}
+
+fn vrf_state(ns: &Netns) -> Value {
+    let links: Vec<Value> = links(ns)
+        .iter()
+        .map(|l| {
+            json!([
+                l["ifname"],
+                l["linkinfo"]["info_kind"],
+                l["linkinfo"]["info_data"]["table"],
+                l["master"],
+                l["operstate"] == "UP"
+                    || l["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&json!("UP")))
+            ])
+        })
+        .collect();
+    let routes = |fam: &str| -> Vec<Value> {
+        ns.ip_json(&[fam, "route", "show", "table", "all"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["table"] != "local" && r["dst"] != "multicast")
+            // the link-local address's local route differs by MAC between two runs
+            .filter(|r| {
+                !r["dst"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("fe80::") && d != "fe80::/64")
+            })
+            .cloned()
+            .collect()
+    };
+    let addrs: Vec<Value> = ["eth0", "eth1"]
+        .iter()
+        .flat_map(|d| addrs(ns, d))
+        .filter(|a| a["scope"] == "global")
+        .map(|a| json!([a["local"], a["prefixlen"]]))
+        .collect();
+    json!({"links": links, "routes4": routes("-4"), "routes6": routes("-6"), "addrs": addrs})
+}
+
+#[test]
+#[ignore = "needs the vrf driver: make test-vm runs it in the VM"]
+fn add_check_del() {
+    need_vrf();
+    let rig = Rig::new();
+    iface(&rig, 0);
+    let c = conf(&rig, json!({"table": 42}));
+    let r = rig.call("vrf", "ADD", &c).run().ok().clone();
+    assert_eq!(r["ips"], c["prevResult"]["ips"]);
+    let vrf = link(&rig.cont, "vrf0").unwrap();
+    assert_eq!(vrf["linkinfo"]["info_data"]["table"], 42);
+    assert_eq!(link(&rig.cont, "eth0").unwrap()["master"], "vrf0");
+    let t42 = rig.cont.ip_json(&["-4", "route", "show", "table", "42"]);
+    assert!(
+        t42.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "10.90.0.0/24"),
+        "the gateway route moved into the VRF table: {t42}"
+    );
+    assert!(
+        has_addr(&rig.cont, "eth0", "fd80::2/64"),
+        "IPv6 address kept"
+    );
+    rig.call("vrf", "CHECK", &with_prev(&c, &r)).run().ok();
+    // a second ADD fails: the interface has a master
+    rig.call("vrf", "ADD", &c)
+        .run()
+        .fails_with(999, "has already a master set: vrf0");
+    rig.call("vrf", "DEL", &c).run().ok();
+    assert!(link(&rig.cont, "vrf0").is_none());
+    assert!(link(&rig.cont, "eth0").unwrap().get("master").is_none());
+    rig.call("vrf", "DEL", &c).run().ok();
+}
+
+#[test]
+#[ignore = "needs the vrf driver: make test-vm runs it in the VM"]
+fn the_vrf_goes_with_its_last_interface_and_tables_are_checked() {
+    need_vrf();
+    let rig = Rig::new();
+    iface(&rig, 0);
+    iface(&rig, 1);
+    let c = conf(&rig, json!({}));
+    rig.call("vrf", "ADD", &c).run().ok();
+    // first free table is 1
+    assert_eq!(
+        link(&rig.cont, "vrf0").unwrap()["linkinfo"]["info_data"]["table"],
+        1
+    );
+    rig.call("vrf", "ADD", &merged(c.clone(), &json!({"table": 7})))
+        .ifname("eth1")
+        .run()
+        .fails_with(7, "VRF vrf0 already exist with different routing table 1");
+    rig.call("vrf", "ADD", &c).ifname("eth1").run().ok();
+    rig.call("vrf", "DEL", &c).run().ok();
+    assert!(link(&rig.cont, "vrf0").is_some(), "eth1 is still in it");
+    // the interface gone, DEL still succeeds (the reference fails)
+    rig.cont.ip(&["link", "del", "eth1"]);
+    rig.call("vrf", "DEL", &c).ifname("eth1").run().ok();
+    assert!(link(&rig.cont, "vrf0").is_none());
+    // netns gone
+    let mut rig = rig;
+    rig.drop_cont();
+    rig.call("vrf", "DEL", &c).run().ok();
+}
+
+/// Same links, tables, routes and addresses as the Go plugin v1.9.1; cross-DEL.
+#[test]
+#[ignore = "needs the vrf driver: make test-vm runs it in the VM"]
+fn differential_against_v1_9_1() {
+    need_vrf();
+    for extra in [json!({}), json!({"table": 42})] {
+        let go = Rig::new();
+        let ours = Rig::new();
+        iface(&go, 0);
+        iface(&ours, 0);
+        let before = vrf_state(&ours.cont);
+        let cg = conf(&go, extra.clone());
+        let co = conf(&ours, extra.clone());
+        go.call("vrf", "ADD", &cg).go().run().ok();
+        ours.call("vrf", "ADD", &co).run().ok();
+        assert_eq!(vrf_state(&go.cont), vrf_state(&ours.cont), "{extra}");
+        go.call("vrf", "DEL", &cg).run().ok();
+        ours.call("vrf", "DEL", &co).go().run().ok();
+        for rig in [&go, &ours] {
+            assert!(link(&rig.cont, "vrf0").is_none(), "{extra}");
+            assert_eq!(vrf_state(&rig.cont)["links"], before["links"], "{extra}");
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    what: String,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    conf: Option<Value>,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    ifname: Option<String>,
+    code: i64,
+    msg: String,
+}
+
+#[test]
+fn malformed_inputs_get_the_right_code_and_change_nothing() {
+    if std::env::var("VMTEST_GUEST").as_deref() == Ok("1") {
+        eprintln!("malformed-input table skipped in the VM: it runs on the host");
+        return;
+    }
+    let cases: Vec<Case> =
+        serde_json::from_str(include_str!("../testdata/malformed-vrf.json")).unwrap();
+    assert!(cases.len() >= 10);
+    let rig = Rig::new();
+    iface(&rig, 0);
+    rig.cont.ip(&[
+        "link", "add", "name", "notvrf", "type", "veth", "peer", "name", "notvrf1",
+    ]);
+    let file = rig.dir.join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    let missing = rig.dir.join("no-such-netns");
+    let before = vrf_state(&rig.cont);
+    for case in &cases {
+        let what = &case.what;
+        let mut c = conf(&rig, json!({}));
+        for (k, v) in case
+            .conf
+            .as_ref()
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let mut call = rig.call("vrf", case.command.as_deref().unwrap_or("ADD"), &c);
+        if let Some(i) = &case.ifname {
+            call = call.ifname(i);
+        }
+        match case.netns.as_deref() {
+            Some("missing") => call = call.netns(missing.to_str().unwrap()),
+            Some("file") => call = call.netns(file.to_str().unwrap()),
+            Some(other) => panic!("{what}: unknown netns kind {other}"),
+            None => {}
+        }
+        let out = call.run();
+        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
+        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(&case.msg),
+            "{what}: {msg:?} lacks {:?}",
+            case.msg
+        );
+        assert_eq!(
+            vrf_state(&rig.cont),
+            before,
+            "{what}: the failed call changed something"
+        );
+    }
+}
