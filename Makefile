@@ -28,11 +28,11 @@ check: deps oracle lint test
 test: test-host test-vm
 
 test-host:
-	CNIBOX_VLAN_TESTS_IN_VM=1 CNIBOX_DUMMY_TESTS_IN_VM=1 CNIBOX_VRF_TESTS_IN_VM=1 $(CARGO) test $(LOCKED)
+	CNIBOX_VLAN_TESTS_IN_VM=1 CNIBOX_DUMMY_TESTS_IN_VM=1 CNIBOX_VRF_TESTS_IN_VM=1 CNIBOX_IPVLAN_TESTS_IN_VM=1 $(CARGO) test $(LOCKED)
 
 test-vm:
 	@test -x $(VMTEST) || { echo "test-vm: $(VMTEST) not found (needs ../shared)"; exit 1; }
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan --test dummy --test vrf -- --include-ignored --test-threads=1
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(VMTEST) $(CARGO) test $(LOCKED) --test bridge_vlan --test dummy --test vrf --test ipvlan --test vlan -- --include-ignored --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check
