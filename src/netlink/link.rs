@@ -386,6 +386,8 @@ impl KindData {
                 .map(|(_, p)| u32_of(p))
         };
         Some(match kind {
+            // The tap variants carry the same data; `kind()` of what is read back then
+            // names the non-tap kind, [`Link::kind`] the real one.
             "macvlan" | "macvtap" => {
                 let source_macs = attrs
                     .iter()
