@@ -155,20 +155,6 @@ fn add_check_del() {
     rig.call("dummy", "DEL", &no_ipam).netns(&gone).run().ok();
 }
 
-/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
-fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
-    let p = rig.cni_path.join(name);
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 #[test]
 #[ignore = "needs the dummy driver: make test-vm runs it in the VM"]
 fn failed_add_leaves_no_link() {

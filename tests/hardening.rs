@@ -104,23 +104,6 @@ fn reservations_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every path under `dir` (empty if it does not exist yet).
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() {
-            out.extend(tree(&p));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn malformed_applet_inputs_get_the_right_code_and_change_nothing() {
     let cases: Vec<Case> =
@@ -168,20 +151,6 @@ fn malformed_applet_inputs_get_the_right_code_and_change_nothing() {
             "{what}: the failed call changed something"
         );
     }
-}
-
-/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
-fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
-    let p = rig.cni_path.join(name);
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]

@@ -661,22 +661,6 @@ fn shape(rig: &Rig) -> String {
     s
 }
 
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() {
-            out.extend(tree(&p));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn malformed_inputs_get_the_right_code_and_change_nothing() {
     let cases: Vec<Case> =

@@ -313,20 +313,6 @@ fn selinux_context() {
     assert!(link(&rig.cont, "eth0").is_none());
 }
 
-/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
-fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
-    let p = rig.cni_path.join(name);
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 #[test]
 fn failed_add_leaves_no_tap() {
     let rig = Rig::new();
@@ -514,22 +500,6 @@ fn snapshot(rig: &Rig) -> String {
     }
     s.push_str(&format!("{:?}", tree(&rig.data_dir())));
     s
-}
-
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() {
-            out.extend(tree(&p));
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

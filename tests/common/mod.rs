@@ -766,3 +766,36 @@ pub fn fw_state(rig: &Rig) -> FwState {
         nft,
     )
 }
+
+/// A fake IPAM plugin in the rig's `CNI_PATH`: `ADD` runs `add_body` (shell), every
+/// other command succeeds (for failure and rollback tests).
+pub fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
+    let p = rig.cni_path.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every path under `dir`, sorted (empty if it does not exist yet): a data dir's state
+/// for "nothing changed" comparisons.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if p.is_dir() {
+            out.extend(tree(&p));
+        }
+    }
+    out.sort();
+    out
+}

@@ -159,20 +159,6 @@ pub fn snapshot(rig: &Rig) -> String {
     s
 }
 
-/// A fake IPAM plugin: `ADD` runs `add_body` (shell), every other command succeeds.
-pub fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
-    let p = rig.cni_path.join(name);
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n{add_body}\nfi\nexit 0\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// One malformed input from `testdata/malformed-<plugin>.json`: keys of `conf` are
 /// merged into the plugin's base config (`null` removes one; an `ipam` of type
 /// host-local gets the rig's data dir), and the call must fail with `code` and a message
