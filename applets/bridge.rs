@@ -205,27 +205,7 @@ fn parse(ctx: &Ctx) -> Result<Bridge> {
     }
     // MAC priority: CNI_ARGS < args.cni.mac < runtimeConfig.mac. A MAC from CNI_ARGS is
     // a bad environment (code 4), one from the config a bad config value (code 7).
-    let mut mac = None;
-    if let Some(m) = ctx.cni_args.get("MAC").filter(|m| !m.is_empty()) {
-        let bytes = cnibox::netlink::link::parse_mac(m).map_err(|_| {
-            cni_err(
-                Code::InvalidEnv,
-                format!("CNI_ARGS MAC={m:?} is not a MAC address"),
-            )
-        })?;
-        mac = Some(bytes);
-    }
-    for (key, v) in [
-        ("args.cni.mac", ctx.args_cni("mac")),
-        ("runtimeConfig.mac", ctx.runtime_config("mac")),
-    ] {
-        match v {
-            None => {}
-            Some(serde_json::Value::String(m)) if m.is_empty() => {}
-            Some(serde_json::Value::String(m)) => mac = Some(value::mac(key, m)?),
-            Some(other) => return Err(value::invalid(key, other, "is not a MAC address string")),
-        }
-    }
+    let mac = value::runtime_mac(ctx, value::mac, "MAC address")?;
     Ok(Bridge {
         c,
         trunk,

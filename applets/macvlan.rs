@@ -121,25 +121,8 @@ fn pick_mac(ctx: &Ctx, conf_mac: &str) -> Result<Option<[u8; 6]>> {
     if !conf_mac.is_empty() {
         mac = Some(stacked::unicast_mac("mac", conf_mac)?);
     }
-    if let Some(m) = ctx.cni_args.get("MAC").filter(|m| !m.is_empty()) {
-        let bytes = stacked::unicast_mac("MAC", m).map_err(|_| {
-            cni_err(
-                Code::InvalidEnv,
-                format!("CNI_ARGS MAC={m:?} is not a unicast MAC address"),
-            )
-        })?;
-        mac = Some(bytes);
-    }
-    for (key, v) in [
-        ("args.cni.mac", ctx.args_cni("mac")),
-        ("runtimeConfig.mac", ctx.runtime_config("mac")),
-    ] {
-        match v {
-            None => {}
-            Some(serde_json::Value::String(m)) if m.is_empty() => {}
-            Some(serde_json::Value::String(m)) => mac = Some(stacked::unicast_mac(key, m)?),
-            Some(other) => return Err(value::invalid(key, other, "is not a MAC address string")),
-        }
+    if let Some(m) = value::runtime_mac(ctx, stacked::unicast_mac, "unicast MAC address")? {
+        mac = Some(m);
     }
     Ok(mac)
 }

@@ -79,6 +79,39 @@ pub fn parse_hwaddr(s: &str) -> Option<Vec<u8>> {
     [6, 8, 20].contains(&out.len()).then_some(out)
 }
 
+/// The container MAC a runtime may pass, lowest priority first: `CNI_ARGS MAC`,
+/// `args.cni.mac`, `runtimeConfig.mac` (later ones win; empty strings are absent). Every
+/// value given is checked with `parse`, not only the winner; a bad `CNI_ARGS` value is a
+/// bad environment (code 4, saying it is not `a <what>`), the others bad config (7).
+pub fn runtime_mac(
+    ctx: &crate::cni::Ctx,
+    parse: fn(&str, &str) -> Result<[u8; 6]>,
+    what: &str,
+) -> Result<Option<[u8; 6]>> {
+    let mut mac = None;
+    if let Some(m) = ctx.cni_args.get("MAC").filter(|m| !m.is_empty()) {
+        let bytes = parse("MAC", m).map_err(|_| {
+            cni_err(
+                Code::InvalidEnv,
+                format!("CNI_ARGS MAC={m:?} is not a {what}"),
+            )
+        })?;
+        mac = Some(bytes);
+    }
+    for (key, v) in [
+        ("args.cni.mac", ctx.args_cni("mac")),
+        ("runtimeConfig.mac", ctx.runtime_config("mac")),
+    ] {
+        match v {
+            None => {}
+            Some(serde_json::Value::String(m)) if m.is_empty() => {}
+            Some(serde_json::Value::String(m)) => mac = Some(parse(key, m)?),
+            Some(other) => return Err(invalid(key, other, "is not a MAC address string")),
+        }
+    }
+    Ok(mac)
+}
+
 /// `ipMasqBackend`: absent (choose like the reference) or one of the two backends.
 pub fn masq_backend(v: Option<&str>) -> Result<()> {
     match v {
