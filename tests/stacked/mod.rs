@@ -24,7 +24,49 @@ pub fn parent(ns: &Netns, name: &str) -> u64 {
          link set {name} up\nlink set {peer} up\n"
     );
     batch(ns, &script);
+    settle(ns, &[name, &peer]);
     nl_link(ns, name).expect("parent").index as u64
+}
+
+/// Wait (bounded) until every link in `names` reports operstate UP and carries its
+/// IPv6 multicast route: the kernel finishes both asynchronously after `link set up`,
+/// and a before/after snapshot taken in between would see a change no plugin made.
+pub fn settle(ns: &Netns, names: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v6: Vec<bool> = names.iter().map(|n| v6_enabled(ns, n)).collect();
+    loop {
+        let nl = nl(ns);
+        let v6_routes = nl.routes(true, 0).expect("route dump");
+        let settled = names.iter().zip(&v6).all(|(n, v6)| {
+            let l = nl
+                .link(LinkId::Name(n))
+                .expect("link lookup")
+                .expect("link exists");
+            l.operstate == 6 && (!v6 || v6_routes.iter().any(|r| r.oif == l.index))
+        });
+        if settled {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "links {names:?} did not settle within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Is IPv6 enabled on `ifname` (so the kernel will add its multicast route)?
+fn v6_enabled(ns: &Netns, ifname: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "cat"])
+        .arg(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"))
+        .output()
+        .expect("read disable_ipv6");
+    match out.status.success() {
+        true => String::from_utf8_lossy(&out.stdout).trim() == "0",
+        // No per-link IPv6 directory: IPv6 is off entirely.
+        false => false,
+    }
 }
 
 /// Run `ip -n <ns> -batch -` on `script`, panicking on failure.
