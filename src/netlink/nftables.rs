@@ -53,6 +53,46 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 
+// Expression attributes (linux/netfilter/nf_tables.h), per expression type. Every
+// number an expression encoder or decoder writes is named here, once.
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_OP: u16 = 6;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_FLAGS: u16 = 7;
+/// `fib daddr type`: look up the destination address (NFTA_FIB_F_DADDR) and load its
+/// address type (NFT_FIB_RESULT_ADDRTYPE).
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFT_NAT_DNAT: u32 = 1;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the rule names a port.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+
 /// Address families of nf_tables objects.
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -72,6 +112,7 @@ pub const NFT_RETURN: i32 = -5;
 
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
 
 /// One expression of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,29 +153,41 @@ impl Expr {
     fn encode(&self) -> Result<Rtattr<u16, Buffer>> {
         let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
         let value = |d: &[u8]| -> Result<Rtattr<u16, Buffer>> {
-            nested(3, &[attr(NFTA_DATA_VALUE, Buffer::from(d.to_vec()))?])
+            nested(
+                NFTA_CMP_DATA,
+                &[attr(NFTA_DATA_VALUE, Buffer::from(d.to_vec()))?],
+            )
         };
         let data: Vec<Rtattr<u16, Buffer>> = match self {
-            Expr::Meta(key) => vec![attr(2, be(*key))?, attr(1, be(NFT_REG_1))?],
+            Expr::Meta(key) => vec![
+                attr(NFTA_META_KEY, be(*key))?,
+                attr(NFTA_META_DREG, be(NFT_REG_1))?,
+            ],
             Expr::Payload { base, offset, len } => vec![
-                attr(1, be(NFT_REG_1))?,
-                attr(2, be(*base))?,
-                attr(3, be(*offset))?,
-                attr(4, be(*len))?,
+                attr(NFTA_PAYLOAD_DREG, be(NFT_REG_1))?,
+                attr(NFTA_PAYLOAD_BASE, be(*base))?,
+                attr(NFTA_PAYLOAD_OFFSET, be(*offset))?,
+                attr(NFTA_PAYLOAD_LEN, be(*len))?,
             ],
             Expr::Cmp { neq, data } => vec![
-                attr(1, be(NFT_REG_1))?,
-                attr(2, be(*neq as u32))?,
+                attr(NFTA_CMP_SREG, be(NFT_REG_1))?,
+                attr(NFTA_CMP_OP, be(if *neq { NFT_CMP_NEQ } else { NFT_CMP_EQ }))?,
                 value(data)?,
             ],
             Expr::Mask(mask) => {
                 let zero = vec![0u8; mask.len()];
-                let m = nested(4, &[attr(NFTA_DATA_VALUE, Buffer::from(mask.clone()))?])?;
-                let x = nested(5, &[attr(NFTA_DATA_VALUE, Buffer::from(zero))?])?;
+                let m = nested(
+                    NFTA_BITWISE_MASK,
+                    &[attr(NFTA_DATA_VALUE, Buffer::from(mask.clone()))?],
+                )?;
+                let x = nested(
+                    NFTA_BITWISE_XOR,
+                    &[attr(NFTA_DATA_VALUE, Buffer::from(zero))?],
+                )?;
                 vec![
-                    attr(1, be(NFT_REG_1))?,
-                    attr(2, be(NFT_REG_1))?,
-                    attr(3, be(mask.len() as u32))?,
+                    attr(NFTA_BITWISE_SREG, be(NFT_REG_1))?,
+                    attr(NFTA_BITWISE_DREG, be(NFT_REG_1))?,
+                    attr(NFTA_BITWISE_LEN, be(mask.len() as u32))?,
                     m,
                     x,
                 ]
@@ -147,8 +200,8 @@ impl Expr {
                 if let Some(c) = chain {
                     v.push(attr(NFTA_VERDICT_CHAIN, c.as_str())?);
                 }
-                let d = nested(2, &[nested(NFTA_DATA_VERDICT, &v)?])?;
-                vec![attr(1, be(NFT_REG_VERDICT))?, d]
+                let d = nested(NFTA_IMMEDIATE_DATA, &[nested(NFTA_DATA_VERDICT, &v)?])?;
+                vec![attr(NFTA_IMMEDIATE_DREG, be(NFT_REG_VERDICT))?, d]
             }
             Expr::Masq => vec![],
         };
@@ -169,7 +222,7 @@ pub fn match_addr(net: &ipnet::IpNet, src: bool, neq: bool, out: &mut Vec<Expr>)
         IpAddr::V6(a) => (NFPROTO_IPV6, if src { 8 } else { 24 }, a.octets().to_vec()),
     };
     let check = [
-        Expr::Meta(15),
+        Expr::Meta(NFT_META_NFPROTO),
         Expr::Cmp {
             neq: false,
             data: vec![proto],
@@ -182,7 +235,7 @@ pub fn match_addr(net: &ipnet::IpNet, src: bool, neq: bool, out: &mut Vec<Expr>)
     if plen.is_multiple_of(8) {
         // byte-aligned: compare just the bytes the prefix covers
         out.push(Expr::Payload {
-            base: 1,
+            base: NFT_PAYLOAD_NETWORK_HEADER,
             offset,
             len: (plen / 8) as u32,
         });
@@ -200,7 +253,7 @@ pub fn match_addr(net: &ipnet::IpNet, src: bool, neq: bool, out: &mut Vec<Expr>)
     }
     let data: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
     out.push(Expr::Payload {
-        base: 1,
+        base: NFT_PAYLOAD_NETWORK_HEADER,
         offset,
         len: bytes.len() as u32,
     });
@@ -212,7 +265,7 @@ pub fn match_addr(net: &ipnet::IpNet, src: bool, neq: bool, out: &mut Vec<Expr>)
 pub fn match_iifname(name: &str, out: &mut Vec<Expr>) {
     let mut data = name.as_bytes().to_vec();
     data.resize(16, 0);
-    out.push(Expr::Meta(6));
+    out.push(Expr::Meta(NFT_META_IIFNAME));
     out.push(Expr::Cmp { neq: false, data });
 }
 
@@ -622,11 +675,15 @@ fn parse_rule(bytes: &[u8]) -> RuleInfo {
 pub mod ext {
     use super::{
         attr, comment_udata, cstr, frame, nested, payload, udata_comment, Batch, Expect, Expr,
-        Socket, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
-        NFTA_CHAIN_TABLE, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME,
-        NFTA_HOOK_HOOKNUM, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+        Socket, NFNL_SUBSYS_NFTABLES, NFTA_BITWISE_DREG, NFTA_BITWISE_MASK, NFTA_BITWISE_OP,
+        NFTA_BITWISE_SREG, NFTA_BITWISE_XOR, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
+        NFTA_CHAIN_TABLE, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_CT_DIRECTION,
+        NFTA_CT_DREG, NFTA_CT_KEY, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA,
+        NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG,
+        NFTA_LIST_ELEM, NFTA_META_DREG, NFTA_META_KEY, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG,
+        NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
         NFTA_RULE_HANDLE, NFTA_RULE_TABLE, NFTA_RULE_USERDATA, NFTA_VERDICT_CHAIN,
-        NFTA_VERDICT_CODE, NFT_MSG_NEWRULE, NFT_REG_1, NFT_REG_VERDICT,
+        NFTA_VERDICT_CODE, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_MSG_NEWRULE, NFT_REG_1, NFT_REG_VERDICT,
     };
     use anyhow::Result;
     use neli::consts::socket::NlFamily;
@@ -636,9 +693,7 @@ pub mod ext {
     /// The `forward` hook.
     pub const NF_INET_FORWARD: u32 = 2;
     /// Meta keys: input and output interface name, layer-3 protocol.
-    pub const NFT_META_IIFNAME: u32 = 6;
-    pub const NFT_META_OIFNAME: u32 = 7;
-    pub const NFT_META_NFPROTO: u32 = 15;
+    pub use super::{NFT_META_IIFNAME, NFT_META_NFPROTO, NFT_META_OIFNAME};
     /// The conntrack key `state`.
     pub const NFT_CT_STATE: u32 = 0;
     /// `ct state` bits (`NF_CT_STATE_BIT`): established and related.
@@ -647,10 +702,6 @@ pub mod ext {
 
     const NFT_MSG_GETCHAIN: u16 = 4;
     const NFT_MSG_GETRULE: u16 = 7;
-    const NFTA_CT_DREG: u16 = 1;
-    const NFTA_CT_KEY: u16 = 2;
-    const NFT_CMP_EQ: u32 = 0;
-    const NFT_CMP_NEQ: u32 = 1;
 
     /// A rule expression: a core [`Expr`], or one the core does not cover. Rules read
     /// back from the kernel decode into the same values, so "is this rule there" is a
@@ -895,16 +946,24 @@ pub mod ext {
         let other = || XExpr::Other(name.clone());
         let decoded = match name.as_str() {
             // meta/payload/ct: a load into reg 1 (a set has no DREG)
-            "meta" if u(1) == Some(NFT_REG_1) => u(2).map(|k| XExpr::Core(Expr::Meta(k))),
-            "payload" if u(1) == Some(NFT_REG_1) => match (u(2), u(3), u(4)) {
+            "meta" if u(NFTA_META_DREG) == Some(NFT_REG_1) => {
+                u(NFTA_META_KEY).map(|k| XExpr::Core(Expr::Meta(k)))
+            }
+            "payload" if u(NFTA_PAYLOAD_DREG) == Some(NFT_REG_1) => match (
+                u(NFTA_PAYLOAD_BASE),
+                u(NFTA_PAYLOAD_OFFSET),
+                u(NFTA_PAYLOAD_LEN),
+            ) {
                 (Some(base), Some(offset), Some(len)) => {
                     Some(XExpr::Core(Expr::Payload { base, offset, len }))
                 }
                 _ => None,
             },
-            "ct" if u(1) == Some(NFT_REG_1) && get(3).is_none() => u(2).map(XExpr::Ct),
-            "cmp" if u(1) == Some(NFT_REG_1) => match u(2) {
-                Some(op @ (NFT_CMP_EQ | NFT_CMP_NEQ)) => value(3).map(|data| {
+            "ct" if u(NFTA_CT_DREG) == Some(NFT_REG_1) && get(NFTA_CT_DIRECTION).is_none() => {
+                u(NFTA_CT_KEY).map(XExpr::Ct)
+            }
+            "cmp" if u(NFTA_CMP_SREG) == Some(NFT_REG_1) => match u(NFTA_CMP_OP) {
+                Some(op @ (NFT_CMP_EQ | NFT_CMP_NEQ)) => value(NFTA_CMP_DATA).map(|data| {
                     XExpr::Core(Expr::Cmp {
                         neq: op == NFT_CMP_NEQ,
                         data,
@@ -913,30 +972,39 @@ pub mod ext {
                 _ => None,
             },
             // a mask-and-xor with xor zero (op absent or NFT_BITWISE_BOOL)
-            "bitwise" if u(1) == Some(NFT_REG_1) && u(2) == Some(NFT_REG_1) => {
-                match (value(4), value(5), u(6).unwrap_or(0)) {
+            "bitwise"
+                if u(NFTA_BITWISE_SREG) == Some(NFT_REG_1)
+                    && u(NFTA_BITWISE_DREG) == Some(NFT_REG_1) =>
+            {
+                match (
+                    value(NFTA_BITWISE_MASK),
+                    value(NFTA_BITWISE_XOR),
+                    u(NFTA_BITWISE_OP).unwrap_or(0),
+                ) {
                     (Some(mask), Some(xor), 0) if xor.iter().all(|b| *b == 0) => {
                         Some(XExpr::Core(Expr::Mask(mask)))
                     }
                     _ => None,
                 }
             }
-            "immediate" if u(1) == Some(NFT_REG_VERDICT) => get(2).and_then(|d| {
-                let v = crate::netlink::parse_nested(d)
-                    .into_iter()
-                    .find(|(ty, _)| *ty == NFTA_DATA_VERDICT)?
-                    .1;
-                let va = crate::netlink::parse_nested(v);
-                let code = va
-                    .iter()
-                    .find(|(t, _)| *t == NFTA_VERDICT_CODE)
-                    .and_then(|(_, c)| be32(c))? as i32;
-                let chain = va
-                    .iter()
-                    .find(|(t, _)| *t == NFTA_VERDICT_CHAIN)
-                    .map(|(_, c)| cstr(c));
-                Some(XExpr::Core(Expr::Verdict(code, chain)))
-            }),
+            "immediate" if u(NFTA_IMMEDIATE_DREG) == Some(NFT_REG_VERDICT) => {
+                get(NFTA_IMMEDIATE_DATA).and_then(|d| {
+                    let v = crate::netlink::parse_nested(d)
+                        .into_iter()
+                        .find(|(ty, _)| *ty == NFTA_DATA_VERDICT)?
+                        .1;
+                    let va = crate::netlink::parse_nested(v);
+                    let code = va
+                        .iter()
+                        .find(|(t, _)| *t == NFTA_VERDICT_CODE)
+                        .and_then(|(_, c)| be32(c))? as i32;
+                    let chain = va
+                        .iter()
+                        .find(|(t, _)| *t == NFTA_VERDICT_CHAIN)
+                        .map(|(_, c)| cstr(c));
+                    Some(XExpr::Core(Expr::Verdict(code, chain)))
+                })
+            }
             "masq" if attrs.is_empty() => Some(XExpr::Core(Expr::Masq)),
             _ => None,
         };
@@ -1021,6 +1089,7 @@ pub const NFPROTO_UNSPEC: u8 = 0;
 pub const NFT_META_IIFNAME: u32 = 6;
 pub const NFT_META_OIFNAME: u32 = 7;
 pub const NFT_META_L4PROTO: u32 = 16;
+pub const NFT_META_NFPROTO: u32 = 15;
 /// Payload bases.
 pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
@@ -1064,22 +1133,24 @@ impl ExprExt {
         let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
         let data: Vec<Rtattr<u16, Buffer>> = match self {
             ExprExt::Base(e) => return e.encode(),
-            // NFTA_FIB_FLAGS = daddr, NFTA_FIB_RESULT = addrtype, NFTA_FIB_DREG: nft's order
-            ExprExt::FibDaddrType => {
-                vec![attr(3, be(2))?, attr(2, be(3))?, attr(1, be(NFT_REG_1))?]
-            }
+            // flags, result, register: the order nft writes them in
+            ExprExt::FibDaddrType => vec![
+                attr(NFTA_FIB_FLAGS, be(NFTA_FIB_F_DADDR))?,
+                attr(NFTA_FIB_RESULT, be(NFT_FIB_RESULT_ADDRTYPE))?,
+                attr(NFTA_FIB_DREG, be(NFT_REG_1))?,
+            ],
             ExprExt::Imm { reg, data } => vec![
-                attr(1, be(*reg))?,
-                nested(2, &[attr(NFTA_DATA_VALUE, Buffer::from(data.clone()))?])?,
+                attr(NFTA_IMMEDIATE_DREG, be(*reg))?,
+                nested(
+                    NFTA_IMMEDIATE_DATA,
+                    &[attr(NFTA_DATA_VALUE, Buffer::from(data.clone()))?],
+                )?,
             ],
-            // type dnat, family, addr reg 1, proto reg 2, flags: proto specified
-            ExprExt::Dnat { family } => vec![
-                attr(1, be(1))?,
-                attr(2, be(*family as u32))?,
-                attr(3, be(1))?,
-                attr(5, be(2))?,
-                attr(7, be(2))?,
-            ],
+            ExprExt::Dnat { family } => {
+                let mut v = dnat_attrs(*family)?;
+                v.push(attr(NFTA_NAT_FLAGS, be(NF_NAT_RANGE_PROTO_SPECIFIED))?);
+                v
+            }
         };
         let elem = vec![
             attr(NFTA_EXPR_NAME, self.name())?,
@@ -1094,13 +1165,7 @@ impl ExprExt {
     pub fn to_wire(&self) -> Result<Vec<u8>> {
         let e = match self {
             ExprExt::Dnat { family } => {
-                let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
-                let data = vec![
-                    attr(1, be(1))?,
-                    attr(2, be(*family as u32))?,
-                    attr(3, be(1))?,
-                    attr(5, be(2))?,
-                ];
+                let data = dnat_attrs(*family)?;
                 nested(
                     NFTA_LIST_ELEM,
                     &[
@@ -1116,6 +1181,18 @@ impl ExprExt {
             .map_err(|e| anyhow!("cannot encode nf_tables expression: {e}"))?;
         Ok(c.into_inner())
     }
+}
+
+/// `dnat` of `family` with the address in register 1 and the port in register 2 (the
+/// registers the portmap rule loads them into); the flags are added by the caller.
+fn dnat_attrs(family: u8) -> Result<Vec<Rtattr<u16, Buffer>>> {
+    let be = |v: u32| Buffer::from(v.to_be_bytes().to_vec());
+    Ok(vec![
+        attr(NFTA_NAT_TYPE, be(NFT_NAT_DNAT))?,
+        attr(NFTA_NAT_FAMILY, be(family as u32))?,
+        attr(NFTA_NAT_REG_ADDR_MIN, be(NFT_REG_1))?,
+        attr(NFTA_NAT_REG_PROTO_MIN, be(NFT_REG_2))?,
+    ])
 }
 
 /// `ip[6] saddr|daddr ==|!= <prefix>` in an `ip` or `ip6` table, as nft compiles it there:
@@ -1218,7 +1295,7 @@ pub fn dnat_to(addr: IpAddr, port: u16, out: &mut Vec<ExprExt>) {
         data,
     });
     out.push(ExprExt::Imm {
-        reg: 2,
+        reg: NFT_REG_2,
         data: port.to_be_bytes().to_vec(),
     });
     out.push(ExprExt::Dnat { family });
@@ -1600,7 +1677,7 @@ mod tests {
         assert_eq!(
             v,
             vec![
-                Expr::Meta(15),
+                Expr::Meta(NFT_META_NFPROTO),
                 Expr::Cmp {
                     neq: false,
                     data: vec![2]
