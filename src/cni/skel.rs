@@ -181,10 +181,16 @@ impl Ctx {
         self.prev_result()?.ok_or_else(|| {
             cni_err(
                 Code::InvalidConfig,
-                format!(
-                    "\"prevResult\" is missing: {} needs the result of the ADD it checks",
-                    self.command.as_str()
-                ),
+                match self.command {
+                    Command::Check => "\"prevResult\" is missing: CHECK needs the result of \
+                                       the ADD it checks"
+                        .to_string(),
+                    _ => format!(
+                        "\"prevResult\" is missing: {} of this chained plugin needs the \
+                         previous plugin's result",
+                        self.command.as_str()
+                    ),
+                },
             )
         })
     }
