@@ -207,3 +207,37 @@ chain_scenario "bridge + bandwidth" '{"cniVersion":"1.0.0","name":"bwnet","plugi
   {"type":"bandwidth","ingressRate":10000000,"ingressBurst":100000,"egressRate":10000000,"egressBurst":100000}]}'
 chain_scenario "macvlan + host-local" '{"cniVersion":"1.0.0","name":"mvnet","plugins":[
   {"type":"macvlan","master":"cbxbenchpar","mode":"bridge","ipam":{"type":"host-local","subnet":"10.94.0.0/24","dataDir":"@DATA@"}}]}'
+
+# The kernel's own share of a portmap call, measured on cnibox's portmap under strace
+# (syscall times only; strace's own overhead is outside them). Two costs no plugin can
+# avoid, and the Go reference pays them too:
+#  - a conntrack dump (UDP mappings: stale flows are flushed) walks the whole global
+#    conntrack hash table, whatever the netns holds: the time of that one sendto();
+#  - a commit that deleted nf_tables rules makes the kernel wait for an RCU grace
+#    period when the process closes its nfnetlink socket (nft_rcv_nl_event flushes the
+#    destroy work): the time of that one close().
+kernel_floor() {
+  if ! command -v strace >/dev/null; then
+    echo "kernel floor: strace not installed, not measured"
+    return
+  fi
+  local pm prev conf ct=() rcu=() i
+  conf='{"cniVersion":"1.0.0","name":"floornet","type":"bridge","bridge":"cbxfloor0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.93.0.0/24","dataDir":"'"$work"'/floor"}}'
+  prev=$(CNI_COMMAND=ADD CNI_CONTAINERID=floor CNI_NETNS="/run/netns/$contns" CNI_IFNAME=eth9 CNI_PATH="$work/rs" "$work/rs/bridge" <<<"$conf")
+  pm=$(jq -nc --argjson p "$prev" '{cniVersion:"1.0.0",name:"floornet",type:"portmap",backend:"nftables",
+    runtimeConfig:{portMappings:[{hostPort:9053,containerPort:53,protocol:"udp"}]},prevResult:$p}')
+  for i in $(seq 11); do
+    for cmd in ADD DEL; do
+      CNI_COMMAND=$cmd CNI_CONTAINERID=floor CNI_NETNS="/run/netns/$contns" CNI_IFNAME=eth9 CNI_PATH="$work/rs" \
+        strace -f -T -e trace=sendto,close -o "$work/floor.strace" "$work/rs/portmap" <<<"$pm" >/dev/null
+      [ $cmd = ADD ] && ct+=("$(grep CTNETLINK "$work/floor.strace" | grep -o '<[0-9.]*>$' | tr -d '<>' | head -1)")
+      [ $cmd = DEL ] && rcu+=("$(grep 'close(' "$work/floor.strace" | grep -o '<[0-9.]*>$' | tr -d '<>' | sort -n | tail -1)")
+    done
+  done
+  CNI_COMMAND=DEL CNI_CONTAINERID=floor CNI_NETNS="/run/netns/$contns" CNI_IFNAME=eth9 CNI_PATH="$work/rs" "$work/rs/bridge" <<<"$conf" >/dev/null
+  printf 'kernel floor: conntrack table walk (%s buckets) %d us; RCU grace period on closing an nf_tables socket after a delete %d us (medians of 11)\n' \
+    "$(cat /proc/sys/net/netfilter/nf_conntrack_buckets 2>/dev/null || echo '?')" \
+    "$(printf '%s\n' "${ct[@]}" | awk '{print int($1*1000000)}' | median)" \
+    "$(printf '%s\n' "${rcu[@]}" | awk '{print int($1*1000000)}' | median)"
+}
+kernel_floor
