@@ -49,7 +49,7 @@ use cnibox::cni::value::parse_hwaddr;
 use cnibox::cni::{decode, delegate, value, CniResult, Dns, Interface};
 use cnibox::error::{cni_err, Code};
 use cnibox::l3::{self, Rollback};
-use cnibox::netlink::addr::{IFA_F_NODAD, IFA_F_PERMANENT};
+use cnibox::netlink::addr::{AddrSpec, Broadcast, IFA_F_NODAD, IFA_F_PERMANENT};
 use cnibox::netlink::{Link, LinkId, Nl, RouteSpec};
 use cnibox::netns::Netns;
 use ipnet::IpNet;
@@ -327,6 +327,11 @@ struct Saved {
 struct SavedAddr {
     cidr: String,
     flags: u32,
+    /// Scope, IPv4 peer, broadcast and label as the device had them.
+    scope: u8,
+    peer: Option<IpAddr>,
+    broadcast: Option<IpAddr>,
+    label: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -359,6 +364,15 @@ impl Saved {
             .map(|a| SavedAddr {
                 cidr: a.net.to_string(),
                 flags: a.flags & (IFA_F_NODAD | IFA_F_NOPREFIXROUTE | IFA_F_MANAGETEMPADDR),
+                scope: a.scope,
+                peer: a.peer,
+                broadcast: a.broadcast,
+                // the kernel labels IPv4 addresses with the link name by default
+                label: if a.label == dev.name {
+                    String::new()
+                } else {
+                    a.label
+                },
             })
             .collect();
         let mut routes = Vec::new();
@@ -457,7 +471,15 @@ fn reapply(nl: &Nl, dev: &Link, s: &Saved) {
         let Ok(net) = a.cidr.parse::<IpNet>() else {
             continue;
         };
-        match nl.add_addr(dev.index, &net, a.flags) {
+        let spec = AddrSpec {
+            net,
+            flags: a.flags,
+            scope: a.scope,
+            peer: a.peer,
+            broadcast: a.broadcast.map_or(Broadcast::Unset, Broadcast::Addr),
+            label: a.label.clone(),
+        };
+        match nl.add_addr_spec(dev.index, &spec) {
             Err(e) if !cnibox::netlink::is_errno(&e, libc::EEXIST) => {
                 warn(format!("address {net}"), e)
             }

@@ -9,6 +9,7 @@ use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 use std::net::IpAddr;
 
+pub const IFA_LABEL: u16 = 3;
 pub const IFA_FLAGS: u16 = 8;
 pub const IFA_F_NODAD: u32 = 0x02;
 pub const IFA_F_DADFAILED: u32 = 0x08;
@@ -23,7 +24,51 @@ pub struct Addr {
     pub scope: u8,
     /// Full 32-bit flags (IFA_FLAGS when present).
     pub flags: u32,
+    /// IPv4 point-to-point peer (IFA_ADDRESS when it differs from IFA_LOCAL).
+    pub peer: Option<IpAddr>,
+    /// IPv4 broadcast address as set (IFA_BROADCAST), which need not be the computed one.
+    pub broadcast: Option<IpAddr>,
+    /// IPv4 label (IFA_LABEL), e.g. `eth1:vip`; empty when it is just the link name.
+    pub label: String,
 }
+
+/// An address to add with everything a dump reports about it, so a saved address can
+/// be put back exactly (host-device's DEL). [`Nl::add_addr`] is the common case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrSpec {
+    pub net: IpNet,
+    pub flags: u32,
+    pub scope: u8,
+    pub peer: Option<IpAddr>,
+    pub broadcast: Broadcast,
+    pub label: String,
+}
+
+/// The IPv4 broadcast address to give an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Broadcast {
+    /// The subnet's, for prefixes shorter than /31 without a peer (what IPAM results
+    /// get, like the reference's `ip addr add ... brd +`).
+    Computed,
+    /// None at all (an address added without `brd`).
+    Unset,
+    Addr(IpAddr),
+}
+
+impl AddrSpec {
+    pub fn new(net: IpNet, flags: u32) -> AddrSpec {
+        AddrSpec {
+            net,
+            flags,
+            scope: RT_SCOPE_UNIVERSE,
+            peer: None,
+            broadcast: Broadcast::Computed,
+            label: String::new(),
+        }
+    }
+}
+
+const RT_SCOPE_UNIVERSE: u8 = 0;
 
 impl Addr {
     pub fn is_tentative(&self) -> bool {
@@ -78,23 +123,25 @@ pub(crate) fn ip_from(b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn msg(index: u32, net: &IpNet, flags: u32) -> Result<Ifaddrmsg> {
+fn msg(index: u32, a: &AddrSpec) -> Result<Ifaddrmsg> {
+    let (net, flags) = (&a.net, a.flags);
     let ip = net.addr();
     let mut attrs = vec![attr(Ifa::Local, ip_bytes(&ip))?];
-    if ip.is_ipv4() {
-        // IFA_ADDRESS is the peer for point-to-point links; for ordinary ones the kernel
-        // wants it equal to IFA_LOCAL, as iproute2 sends it.
-        attrs.push(attr(Ifa::Address, ip_bytes(&ip))?);
-        if let IpNet::V4(n) = net {
-            if n.prefix_len() < 31 {
-                attrs.push(attr(
-                    Ifa::Broadcast,
-                    Buffer::from(n.broadcast().octets().to_vec()),
-                )?);
-            }
+    // IFA_ADDRESS is the peer for point-to-point links; for ordinary ones the kernel
+    // wants it equal to IFA_LOCAL, as iproute2 sends it.
+    attrs.push(attr(Ifa::Address, ip_bytes(&a.peer.unwrap_or(ip)))?);
+    if let IpNet::V4(n) = net {
+        match a.broadcast {
+            Broadcast::Addr(b) => attrs.push(attr(Ifa::Broadcast, ip_bytes(&b))?),
+            Broadcast::Computed if n.prefix_len() < 31 && a.peer.is_none() => attrs.push(attr(
+                Ifa::Broadcast,
+                Buffer::from(n.broadcast().octets().to_vec()),
+            )?),
+            Broadcast::Computed | Broadcast::Unset => {}
         }
-    } else {
-        attrs.push(attr(Ifa::Address, ip_bytes(&ip))?);
+        if !a.label.is_empty() {
+            attrs.push(attr(Ifa::from(IFA_LABEL), a.label.as_str())?);
+        }
     }
     if flags != 0 {
         attrs.push(attr(Ifa::from(IFA_FLAGS), flags)?);
@@ -103,7 +150,7 @@ fn msg(index: u32, net: &IpNet, flags: u32) -> Result<Ifaddrmsg> {
         .ifa_family(family(&ip))
         .ifa_prefixlen(net.prefix_len())
         .ifa_flags(IfaF::from((flags & 0xff) as u8))
-        .ifa_scope(RtScope::Universe)
+        .ifa_scope(RtScope::from(a.scope))
         .ifa_index(index)
         .rtattrs(RtBuffer::from_iter(attrs))
         .build()
@@ -113,7 +160,13 @@ fn msg(index: u32, net: &IpNet, flags: u32) -> Result<Ifaddrmsg> {
 impl Nl {
     /// Add `net` to link `index`. `flags` are IFA_F_* (e.g. NODAD).
     pub fn add_addr(&self, index: u32, net: &IpNet, flags: u32) -> Result<()> {
-        let m = msg(index, net, flags)?;
+        self.add_addr_spec(index, &AddrSpec::new(*net, flags))
+    }
+
+    /// Add an address with its scope, peer, broadcast and label as given.
+    pub fn add_addr_spec(&self, index: u32, a: &AddrSpec) -> Result<()> {
+        let net = &a.net;
+        let m = msg(index, a)?;
         self.request(Rtm::Newaddr, NlmF::CREATE | NlmF::EXCL, m, || {
             format!("failed to add IP addr {net} to ifindex {index}")
         })?;
@@ -121,7 +174,7 @@ impl Nl {
     }
 
     pub fn del_addr(&self, index: u32, net: &IpNet) -> Result<()> {
-        let m = msg(index, net, 0)?;
+        let m = msg(index, &AddrSpec::new(*net, 0))?;
         self.request(Rtm::Deladdr, NlmF::empty(), m, || {
             format!("failed to delete IP addr {net} from ifindex {index}")
         })?;
@@ -158,22 +211,32 @@ impl Addr {
     fn from_msg(m: &Ifaddrmsg) -> Option<Addr> {
         let mut local = None;
         let mut address = None;
+        let mut broadcast = None;
+        let mut label = String::new();
         let mut flags = u8::from(*m.ifa_flags()) as u32;
         for a in m.rtattrs().iter() {
             let p: &[u8] = a.rta_payload().as_ref();
             match u16::from(*a.rta_type()) {
                 t if t == u16::from(Ifa::Local) => local = ip_from(p),
                 t if t == u16::from(Ifa::Address) => address = ip_from(p),
+                t if t == u16::from(Ifa::Broadcast) => broadcast = ip_from(p),
+                IFA_LABEL => label = super::cstr(p),
                 IFA_FLAGS => flags = u32_of(p),
                 _ => {}
             }
         }
         let net = IpNet::new(local.or(address)?, *m.ifa_prefixlen()).ok()?;
+        // IPv6 reports the address in IFA_ADDRESS alone; only an IPv4 IFA_ADDRESS that
+        // differs from IFA_LOCAL is a peer.
+        let peer = address.filter(|a| local.is_some_and(|l| l != *a));
         Some(Addr {
             index: *m.ifa_index(),
             net,
             scope: u8::from(*m.ifa_scope()),
             flags,
+            peer,
+            broadcast,
+            label,
         })
     }
 }
