@@ -18,6 +18,9 @@ if [ "${1:-}" != --inner ]; then
   hostns=cbxbench-h-$$
   contns=cbxbench-c-$$
   cleanup() {
+    for ns in $(ip netns list | awk -v p="$contns-s" 'index($1, p) == 1 {print $1}'); do
+      ip netns del "$ns" || true
+    done
     ip netns del "$contns" 2>/dev/null || true
     ip netns del "$hostns" 2>/dev/null || true
     rm -rf "$work"
@@ -46,7 +49,7 @@ step() {
   plugin=$(jq -r .type <<<"$conf")
   local t0 t1 rc=0
   t0=$(now_ns)
-  { time CNI_COMMAND="$cmd" CNI_CONTAINERID=bench1 CNI_NETNS="/run/netns/$contns" \
+  { time CNI_COMMAND="$cmd" CNI_CONTAINERID="${CID:-bench1}" CNI_NETNS="/run/netns/${CNS:-$contns}" \
     CNI_IFNAME=eth0 CNI_PATH="$dir" "$dir/$plugin" <<<"$conf" >"$work/out" 2>"$work/err"; } 2>"$work/time" || rc=$?
   t1=$(now_ns)
   [ $rc = 0 ] || { echo "bench: $dir/$plugin $cmd failed:"; cat "$work/out" "$work/err"; exit 1; }
@@ -241,3 +244,61 @@ kernel_floor() {
     "$(printf '%s\n' "${rcu[@]}" | awk '{print int($1*1000000)}' | median)"
 }
 kernel_floor
+
+# scale_scenario LABEL CONFLIST COUNT: COUNT containers attached one after another with
+# nothing removed in between (a node filling up), then removed newest first. Prints the
+# whole-chain latency of container #1, #50 and #COUNT for ADD and for DEL, and the
+# median over all: a cost that grows with the number of attachments shows here.
+scale_scenario() {
+  local label=$1 list=$2 count=$3 impl i k
+  local n; n=$(jq '.plugins | length' <<<"$list")
+  for impl in go rs; do
+    local dir=$work/rs; [ $impl = go ] && dir=$ORACLE
+    : >"$work/sc.$impl.add"; : >"$work/sc.$impl.del"
+    local prevs=()
+    for ((i = 1; i <= count; i++)); do
+      ip netns add "$contns-s$i"
+      local rc prev=null conf total=0 t
+      rc=$(printf '{"portMappings":[{"hostPort":%d,"containerPort":80,"protocol":"tcp"}]}' $((20000 + i)))
+      for ((k = 0; k < n; k++)); do
+        conf=$(jq -c --argjson k "$k" --argjson p "$prev" --argjson rc "$rc" \
+          '.plugins[$k] + {cniVersion: .cniVersion, name: .name, runtimeConfig: $rc} + (if $p == null then {} else {prevResult: $p} end)' <<<"${list//@DATA@/$work/scale-$impl}")
+        t=$(CID=scale$i CNS=$contns-s$i step "$dir" ADD "$conf" | cut -d' ' -f1)
+        total=$((total + t)); prev=$(cat "$work/out")
+      done
+      echo "$i $total" >>"$work/sc.$impl.add"
+      prevs[i]=$prev
+    done
+    for ((i = count; i >= 1; i--)); do
+      local rc conf total=0 t
+      rc=$(printf '{"portMappings":[{"hostPort":%d,"containerPort":80,"protocol":"tcp"}]}' $((20000 + i)))
+      for ((k = n - 1; k >= 0; k--)); do
+        conf=$(jq -c --argjson k "$k" --argjson p "${prevs[i]}" --argjson rc "$rc" \
+          '.plugins[$k] + {cniVersion: .cniVersion, name: .name, runtimeConfig: $rc, prevResult: $p}' <<<"${list//@DATA@/$work/scale-$impl}")
+        t=$(CID=scale$i CNS=$contns-s$i step "$dir" DEL "$conf" | cut -d' ' -f1)
+        total=$((total + t))
+      done
+      echo "$i $total" >>"$work/sc.$impl.del"
+      ip netns del "$contns-s$i"
+    done
+  done
+  local op
+  for op in add del; do
+    local at
+    for at in 1 50 "$count"; do
+      local g r
+      g=$(awk -v i="$at" '$1 == i {print $2}' "$work/sc.go.$op"); r=$(awk -v i="$at" '$1 == i {print $2}' "$work/sc.rs.$op")
+      printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx (container #%d of %d)\n' "$label" "$op" "$g" "$r" \
+        "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')" "$at" "$count"
+    done
+    local g r
+    g=$(cut -d' ' -f2 <"$work/sc.go.$op" | median); r=$(cut -d' ' -f2 <"$work/sc.rs.$op" | median)
+    printf '%-36s %-5s wall: go %6d cnibox %6d us %5.1fx (median of %d)\n' "$label" "$op" "$g" "$r" \
+      "$(awk -v g="$g" -v r="$r" 'BEGIN{print (r>0)?g/r:0}')" "$count"
+  done
+}
+scale_scenario "podman chain, nftables, filling up" '{"cniVersion":"1.0.0","name":"scalenet","plugins":[
+  {"type":"bridge","bridge":"cbxscale0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","hairpinMode":true,"ipam":{"type":"host-local","subnet":"10.92.0.0/23","dataDir":"@DATA@"}},
+  {"type":"portmap","capabilities":{"portMappings":true},"backend":"nftables"},
+  {"type":"firewall","backend":"nftables"},
+  {"type":"tuning","mtu":1400,"dataDir":"@DATA@/tuning"}]}' "${BENCH_SCALE:-250}"
