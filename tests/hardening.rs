@@ -9,25 +9,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-#[derive(serde::Deserialize)]
-struct Case {
-    what: String,
-    plugin: String,
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    conf: Option<Value>,
-    #[serde(default)]
-    args: Option<String>,
-    /// "missing" (a path that does not exist) or "file" (a regular file).
-    #[serde(default)]
-    netns: Option<String>,
-    code: i64,
-    msg: String,
-}
 
 fn base_conf(rig: &Rig, plugin: &str) -> Value {
     let ipam = json!({"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": rig.data_dir()});
@@ -39,23 +21,13 @@ fn base_conf(rig: &Rig, plugin: &str) -> Value {
     }
 }
 
-/// Everything a call could have changed: both namespaces' links, addresses, routes and
-/// rules, and the IPAM data dir.
-fn snapshot(rig: &Rig) -> String {
-    let mut s = String::new();
-    for ns in [&rig.host, &rig.cont] {
-        for args in [
-            &["-d", "link", "show"][..],
-            &["addr", "show"][..],
-            &["-4", "route", "show", "table", "all"][..],
-            &["-6", "route", "show", "table", "all"][..],
-        ] {
-            s.push_str(&ns.ip(args));
-        }
+/// What a call could change beyond both namespaces: the host's firewall and the whole
+/// IPAM data dir.
+fn snap(rig: &Rig) -> Snap {
+    Snap {
+        firewall: true,
+        trees: vec![rig.data_dir()],
     }
-    s.push_str(&nft_ruleset(&rig.host));
-    s.push_str(&format!("{:?}", tree(&rig.data_dir())));
-    s
 }
 
 /// What a failed ADD must leave as it found it, for tests where a pre-existing bridge
@@ -91,66 +63,14 @@ fn shape(rig: &Rig) -> String {
     s
 }
 
-/// Reservation files (named after an IP) anywhere under `dir`.
-fn reservations_under(dir: &Path) -> Vec<String> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .collect()
-}
-
 #[test]
 fn malformed_applet_inputs_get_the_right_code_and_change_nothing() {
-    let cases: Vec<Case> =
-        serde_json::from_str(include_str!("../testdata/malformed-applets.json")).unwrap();
-    assert!(cases.len() >= 30);
     let rig = Rig::new();
-    let file = rig.dir.join("not-a-netns");
-    std::fs::write(&file, b"").unwrap();
-    let missing = rig.dir.join("no-such-netns");
-    let before = snapshot(&rig);
-    for case in &cases {
-        let what = &case.what;
-        let mut conf = base_conf(&rig, &case.plugin);
-        if let Some(extra) = &case.conf {
-            for (k, v) in extra.as_object().unwrap() {
-                if v.is_null() {
-                    conf.as_object_mut().unwrap().remove(k);
-                } else {
-                    conf[k] = v.clone();
-                }
-            }
-        }
-        let cmd = case.command.as_deref().unwrap_or("ADD");
-        let mut call = rig.call(&case.plugin, cmd, &conf);
-        if let Some(a) = &case.args {
-            call = call.args(a);
-        }
-        match case.netns.as_deref() {
-            Some("missing") => call = call.netns(missing.to_str().unwrap()),
-            Some("file") => call = call.netns(file.to_str().unwrap()),
-            Some(other) => panic!("{what}: unknown netns kind {other}"),
-            None => {}
-        }
-        let out = call.run();
-        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
-        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains(&case.msg),
-            "{what}: message {msg:?} lacks {:?}",
-            case.msg
-        );
-        assert_eq!(
-            snapshot(&rig),
-            before,
-            "{what}: the failed call changed something"
-        );
-    }
+    let table = include_str!("../testdata/malformed-applets.json");
+    Malformed::new("applets", table, 30, Value::Null)
+        .base_per_applet(|plugin| base_conf(&rig, plugin))
+        .snap(snap(&rig))
+        .run(&rig);
 }
 
 #[test]
@@ -163,7 +83,7 @@ fn failed_add_removes_the_bridge_it_created() {
     );
     let conf = json!({"cniVersion": "1.0.0", "name": "fnet", "type": "bridge",
         "bridge": "fbr0", "isGateway": true, "ipam": {"type": "failing-ipam"}});
-    let before = snapshot(&rig);
+    let before = snapshot_with(&rig, &snap(&rig));
     let out = rig.call("bridge", "ADD", &conf).run();
     // The delegate's own code passes through unchanged.
     assert_eq!(out.err_code(), 11, "{}", out.stdout);
@@ -172,7 +92,7 @@ fn failed_add_removes_the_bridge_it_created() {
         link(&rig.host, "fbr0").is_none(),
         "the new bridge was left behind"
     );
-    assert_eq!(snapshot(&rig), before);
+    assert_eq!(snapshot_with(&rig, &snap(&rig)), before);
 
     // A bridge that existed before the ADD stays, with what it had.
     rig.host.ip(&["link", "add", "fbr0", "type", "bridge"]);
@@ -223,7 +143,7 @@ fn hung_ipam_is_killed_and_answered_with_code_11() {
     );
     let conf = json!({"cniVersion": "1.0.0", "name": "hnet", "type": "bridge",
         "bridge": "hbr1", "ipam": {"type": "hung-ipam"}});
-    let before = snapshot(&rig);
+    let before = snapshot_with(&rig, &snap(&rig));
     let t = Instant::now();
     let out = rig
         .call("bridge", "ADD", &conf)
@@ -238,7 +158,11 @@ fn hung_ipam_is_killed_and_answered_with_code_11() {
     );
     assert!(marker.exists(), "the fake IPAM never ran");
     assert!(took < Duration::from_secs(30), "ADD waited {took:?}");
-    assert_eq!(snapshot(&rig), before, "the timed-out ADD left something");
+    assert_eq!(
+        snapshot_with(&rig, &snap(&rig)),
+        before,
+        "the timed-out ADD left something"
+    );
     // The plugin was killed, not left running.
     let ps = std::process::Command::new("pgrep")
         .args(["-f", &rig.cni_path.join("hung-ipam").display().to_string()])

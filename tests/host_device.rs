@@ -594,41 +594,6 @@ fn differential_and_cross_del_with_go() {
 // ---------------------------------------------------------------------------------------
 // Malformed input
 
-#[derive(serde::Deserialize)]
-struct Case {
-    what: String,
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    conf: Option<Value>,
-    #[serde(default)]
-    netns: Option<String>,
-    #[serde(default)]
-    ifname: Option<String>,
-    code: i64,
-    msg: String,
-}
-
-/// Everything a call could have changed: both namespaces' links, addresses and routes,
-/// the IPAM data dir and host-device's state dir.
-fn snapshot(rig: &Rig) -> String {
-    let mut s = String::new();
-    for ns in [&rig.host, &rig.cont] {
-        for args in [
-            &["-d", "link", "show"][..],
-            &["addr", "show"][..],
-            &["-4", "route", "show", "table", "all"][..],
-            &["-6", "route", "show", "table", "all"][..],
-        ] {
-            s.push_str(&ns.ip(args));
-        }
-    }
-    for d in [rig.data_dir(), rig.dir.join("hd-state")] {
-        s.push_str(&format!("{:?}", tree(&d)));
-    }
-    s
-}
-
 /// What a failed ADD (or an ADD + DEL) must leave as it found it when a device moved
 /// and came back: the links of both namespaces (name, kind, MAC, MTU, flags, alias),
 /// their global addresses and routes (as sets: a device coming back is listed last,
@@ -661,60 +626,24 @@ fn shape(rig: &Rig) -> String {
     s
 }
 
+/// Every case of the table fails with its code and changes nothing: both namespaces,
+/// the IPAM data dir and host-device's state dir.
 #[test]
 fn malformed_inputs_get_the_right_code_and_change_nothing() {
-    let cases: Vec<Case> =
-        serde_json::from_str(include_str!("../testdata/malformed-host-device.json")).unwrap();
-    assert!(cases.len() >= 10);
     let rig = Rig::new();
     make_dev(&rig, "hdm", 30);
+    settle(&rig.host, &["hdm", "hdmp"]);
     let root = fixture(&rig);
-    let file = rig.dir.join("not-a-netns");
-    std::fs::write(&file, b"").unwrap();
-    let missing = rig.dir.join("no-such-netns");
-    let before = snapshot(&rig);
-    for case in &cases {
-        let what = &case.what;
-        let mut c = conf_ipam(&rig, json!({"device": "hdm"}));
-        for (k, v) in case
-            .conf
-            .as_ref()
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        let mut call = rig
-            .call("host-device", case.command.as_deref().unwrap_or("ADD"), &c)
-            .env("CNIBOX_SYSFS_ROOT", root.to_str().unwrap());
-        if let Some(i) = &case.ifname {
-            call = call.ifname(i);
-        }
-        match case.netns.as_deref() {
-            Some("missing") => call = call.netns(missing.to_str().unwrap()),
-            Some("file") => call = call.netns(file.to_str().unwrap()),
-            Some(other) => panic!("{what}: unknown netns kind {other}"),
-            None => {}
-        }
-        let out = call.run();
-        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
-        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains(&case.msg),
-            "{what}: {msg:?} lacks {:?}",
-            case.msg
-        );
-        assert_eq!(
-            snapshot(&rig),
-            before,
-            "{what}: the failed call changed something"
-        );
-    }
+    let snap = Snap {
+        trees: vec![rig.data_dir(), rig.dir.join("hd-state")],
+        ..Snap::default()
+    };
+    let base = conf_ipam(&rig, json!({"device": "hdm"}));
+    let table = include_str!("../testdata/malformed-host-device.json");
+    Malformed::new("host-device", table, 10, base)
+        .env("CNIBOX_SYSFS_ROOT", root.to_str().unwrap())
+        .snap(snap)
+        .run(&rig);
 }
 
 #[test]

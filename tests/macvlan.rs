@@ -433,13 +433,8 @@ fn malformed_inputs_get_the_right_code_and_change_nothing() {
     parent(&rig.host, "p0");
     rig.host.ip(&["link", "set", "p0", "mtu", "1500"]);
     let base = conf(&rig, "1.0.0", json!({}));
-    run_malformed(
-        &rig,
-        "macvlan",
-        &base,
-        include_str!("../testdata/malformed-macvlan.json"),
-        10,
-    );
+    let table = include_str!("../testdata/malformed-macvlan.json");
+    Malformed::new("macvlan", table, 10, base).run(&rig);
 }
 
 #[test]

@@ -327,13 +327,13 @@ fn failed_add_leaves_no_tap() {
         "bad-route-ipam",
         r#"echo '{"cniVersion":"1.0.0","ips":[{"address":"10.35.0.2/24"}],"routes":[{"dst":"10.36.0.0/16","gw":"192.0.2.1"}]}'"#,
     );
-    let before = snapshot(&rig);
+    let before = snapshot_with(&rig, &snap(&rig));
     for (ipam, code) in [("failing-ipam", 11), ("bad-route-ipam", 999)] {
         let c = conf(json!({"ipam": {"type": ipam}, "owner": OWNER}));
         let out = rig.call("tap", "ADD", &c).run();
         assert_eq!(out.err_code(), code, "{}", out.stdout);
         assert_eq!(
-            snapshot(&rig),
+            snapshot_with(&rig, &snap(&rig)),
             before,
             "{ipam}: the failed ADD left something"
         );
@@ -355,7 +355,7 @@ fn failed_add_leaves_no_tap() {
 #[test]
 fn l2_under_old_versions_is_refused_before_anything_exists() {
     let rig = Rig::new();
-    let before = snapshot(&rig);
+    let before = snapshot_with(&rig, &snap(&rig));
     // The SELinux stand-in file is a witness: had ADD started, the label would be in it
     // (the harness would then delete the tap it could not report, so the snapshot
     // alone cannot tell).
@@ -370,7 +370,7 @@ fn l2_under_old_versions_is_refused_before_anything_exists() {
         .env("CNIBOX_SELINUX_EXEC_ATTR", witness.to_str().unwrap())
         .run();
     assert_eq!(out.err_code(), 1, "{}", out.stdout);
-    assert_eq!(snapshot(&rig), before);
+    assert_eq!(snapshot_with(&rig, &snap(&rig)), before);
     assert_eq!(
         std::fs::read_to_string(&witness).unwrap(),
         "",
@@ -467,96 +467,22 @@ fn go_ignores_mtu_and_mac_with_owner_and_group_we_do_not() {
 // ---------------------------------------------------------------------------------------
 // Malformed input
 
-#[derive(serde::Deserialize)]
-struct Case {
-    what: String,
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    conf: Option<Value>,
-    #[serde(default)]
-    args: Option<String>,
-    #[serde(default)]
-    netns: Option<String>,
-    #[serde(default)]
-    ifname: Option<String>,
-    code: i64,
-    msg: String,
-}
-
-/// Everything a call could have changed: both namespaces' links, addresses and routes,
-/// and the IPAM data dir.
-fn snapshot(rig: &Rig) -> String {
-    let mut s = String::new();
-    for ns in [&rig.host, &rig.cont] {
-        for args in [
-            &["-d", "link", "show"][..],
-            &["addr", "show"][..],
-            &["-4", "route", "show", "table", "all"][..],
-            &["-6", "route", "show", "table", "all"][..],
-        ] {
-            s.push_str(&ns.ip(args));
-        }
+/// What a tap call could change beyond both namespaces: the whole IPAM data dir.
+fn snap(rig: &Rig) -> Snap {
+    Snap {
+        trees: vec![rig.data_dir()],
+        ..Snap::default()
     }
-    s.push_str(&format!("{:?}", tree(&rig.data_dir())));
-    s
 }
 
 #[test]
 fn malformed_inputs_get_the_right_code_and_change_nothing() {
-    let cases: Vec<Case> =
-        serde_json::from_str(include_str!("../testdata/malformed-tap.json")).unwrap();
-    assert!(cases.len() >= 10);
     let rig = Rig::new();
-    let file = rig.dir.join("not-a-netns");
-    std::fs::write(&file, b"").unwrap();
-    let missing = rig.dir.join("no-such-netns");
-    let before = snapshot(&rig);
     let selinux = Path::new("/sys/fs/selinux/enforce").exists();
-    for case in &cases {
-        let what = &case.what;
-        if selinux && what.contains("without SELinux") {
-            continue;
-        }
-        let mut c = conf_ipam(&rig, json!({}));
-        for (k, v) in case
-            .conf
-            .as_ref()
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        let mut call = rig.call("tap", case.command.as_deref().unwrap_or("ADD"), &c);
-        if let Some(a) = &case.args {
-            call = call.args(a);
-        }
-        if let Some(i) = &case.ifname {
-            call = call.ifname(i);
-        }
-        match case.netns.as_deref() {
-            Some("missing") => call = call.netns(missing.to_str().unwrap()),
-            Some("file") => call = call.netns(file.to_str().unwrap()),
-            Some(other) => panic!("{what}: unknown netns kind {other}"),
-            None => {}
-        }
-        let out = call.run();
-        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
-        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains(&case.msg),
-            "{what}: {msg:?} lacks {:?}",
-            case.msg
-        );
-        assert_eq!(
-            snapshot(&rig),
-            before,
-            "{what}: the failed call changed something"
-        );
-    }
+    let table = include_str!("../testdata/malformed-tap.json");
+    Malformed::new("tap", table, 10, conf_ipam(&rig, json!({})))
+        .snap(snap(&rig))
+        // SELinux present: the label is applied, so these cases do not fail.
+        .skip(|case| selinux && case.what.contains("without SELinux"))
+        .run(&rig);
 }

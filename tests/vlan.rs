@@ -361,13 +361,8 @@ fn malformed_inputs_get_the_right_code_and_change_nothing() {
     }
     let rig = Rig::new();
     parent(&rig.host, "p0");
-    run_malformed(
-        &rig,
-        "vlan",
-        &conf(&rig, "1.0.0", json!({})),
-        include_str!("../testdata/malformed-vlan.json"),
-        10,
-    );
+    let table = include_str!("../testdata/malformed-vlan.json");
+    Malformed::new("vlan", table, 10, conf(&rig, "1.0.0", json!({}))).run(&rig);
 }
 
 #[test]

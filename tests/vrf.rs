@@ -225,77 +225,19 @@ fn differential_against_v1_9_1() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Case {
-    what: String,
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    conf: Option<Value>,
-    #[serde(default)]
-    netns: Option<String>,
-    #[serde(default)]
-    ifname: Option<String>,
-    code: i64,
-    msg: String,
-}
-
 #[test]
 fn malformed_inputs_get_the_right_code_and_change_nothing() {
     if std::env::var("VMTEST_GUEST").as_deref() == Ok("1") {
         eprintln!("malformed-input table skipped in the VM: it runs on the host");
         return;
     }
-    let cases: Vec<Case> =
-        serde_json::from_str(include_str!("../testdata/malformed-vrf.json")).unwrap();
-    assert!(cases.len() >= 10);
     let rig = Rig::new();
     iface(&rig, 0);
     rig.cont.ip(&[
         "link", "add", "name", "notvrf", "type", "veth", "peer", "name", "notvrf1",
     ]);
-    let file = rig.dir.join("not-a-netns");
-    std::fs::write(&file, b"").unwrap();
-    let missing = rig.dir.join("no-such-netns");
-    let before = vrf_state(&rig.cont);
-    for case in &cases {
-        let what = &case.what;
-        let mut c = conf(&rig, json!({}));
-        for (k, v) in case
-            .conf
-            .as_ref()
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        let mut call = rig.call("vrf", case.command.as_deref().unwrap_or("ADD"), &c);
-        if let Some(i) = &case.ifname {
-            call = call.ifname(i);
-        }
-        match case.netns.as_deref() {
-            Some("missing") => call = call.netns(missing.to_str().unwrap()),
-            Some("file") => call = call.netns(file.to_str().unwrap()),
-            Some(other) => panic!("{what}: unknown netns kind {other}"),
-            None => {}
-        }
-        let out = call.run();
-        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
-        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains(&case.msg),
-            "{what}: {msg:?} lacks {:?}",
-            case.msg
-        );
-        assert_eq!(
-            vrf_state(&rig.cont),
-            before,
-            "{what}: the failed call changed something"
-        );
-    }
+    settle(&rig.host, &["hv0"]);
+    settle(&rig.cont, &["eth0"]);
+    let table = include_str!("../testdata/malformed-vrf.json");
+    Malformed::new("vrf", table, 10, conf(&rig, json!({}))).run(&rig);
 }

@@ -786,11 +786,15 @@ pub fn fake_ipam(rig: &Rig, name: &str, add_body: &str) {
 /// for "nothing changed" comparisons.
 pub fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => panic!("read {}: {e}", dir.display()),
     };
-    for e in rd.flatten() {
-        let p = e.path();
+    for e in rd {
+        let p = e
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .path();
         out.push(p.display().to_string());
         if p.is_dir() {
             out.extend(tree(&p));
@@ -798,4 +802,342 @@ pub fn tree(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// Malformed-input tables: one case type, one snapshot of everything a call could change,
+// one runner for every `testdata/malformed-<applet>.json`.
+
+/// A netlink socket in `ns`, for reading kernel state without spawning `ip` (each `ip`
+/// process costs a lot in the emulated VM).
+pub fn nl(ns: &Netns) -> cnibox::netlink::Nl {
+    let f = cnibox::netns::Netns::open(ns.path.to_str().unwrap()).expect("open netns");
+    cnibox::netlink::Nl::open_in(&f).expect("netlink socket")
+}
+
+/// Wait (bounded) until the links `names` of `ns`, just set up with carrier, have
+/// settled: operstate UP and, where IPv6 is on, the IPv6 multicast route, a link-local
+/// address (unless addrgenmode is none) and every IPv6 address past DAD with its local
+/// route. The kernel finishes all of these asynchronously after `link set up`, and a
+/// before/after snapshot taken in between would see a change no plugin made.
+pub fn settle(ns: &Netns, names: &[&str]) {
+    use cnibox::netlink::LinkId;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v6: Vec<(bool, bool)> = names.iter().map(|n| ipv6_conf(ns, n)).collect();
+    loop {
+        let nl = nl(ns);
+        let v6_routes = nl.routes(true, 0).expect("route dump");
+        let settled = names.iter().zip(&v6).all(|(n, &(v6_on, lladdr))| {
+            let l = nl
+                .link(LinkId::Name(n))
+                .expect("link lookup")
+                .unwrap_or_else(|| panic!("settle: no {n} in {}", ns.name));
+            if l.operstate != 6 {
+                return false;
+            }
+            if !v6_on {
+                return true;
+            }
+            let addrs = nl.addrs(l.index, Some(true)).expect("address dump");
+            let mcast = v6_routes
+                .iter()
+                .any(|r| r.oif == l.index && r.dst.to_string() == "ff00::/8");
+            let has_ll = addrs.iter().any(|a| a.net.to_string().starts_with("fe80:"));
+            let done = addrs.iter().all(|a| {
+                !a.is_tentative()
+                    && v6_routes
+                        .iter()
+                        .any(|r| r.kind == 2 && r.dst.addr() == a.net.addr())
+            });
+            mcast && (has_ll || !lladdr) && done
+        });
+        if settled {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "links {names:?} in {} did not settle within 10 s",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (IPv6 on, makes a link-local address) for `ifname` in `ns`, from its sysctls. No
+/// per-link IPv6 directory means IPv6 is off entirely; any other failure panics.
+fn ipv6_conf(ns: &Netns, ifname: &str) -> (bool, bool) {
+    let dir = format!("/proc/sys/net/ipv6/conf/{ifname}");
+    let out = ns.exec(&[
+        "cat",
+        &format!("{dir}/disable_ipv6"),
+        &format!("{dir}/addr_gen_mode"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        if stderr.contains("No such file or directory") && !Path::new("/proc/sys/net/ipv6").exists()
+        {
+            return (false, false);
+        }
+        panic!("read {dir} in netns {}: {stderr}", ns.name);
+    }
+    let v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    // addr_gen_mode 1 = none: no link-local address is made.
+    (v[0] == "0", v[0] == "0" && v[1] != "1")
+}
+
+/// Reservation files (named after an IP) anywhere under `dir`, by file name.
+pub fn reservations_under(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .iter()
+        .filter_map(|p| Path::new(p).file_name()?.to_str().map(str::to_string))
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+/// What [`snapshot_with`] records beyond the links, addresses, routes, FIB rules and
+/// qdiscs of both rig namespaces and the IPAM reservations.
+#[derive(Clone, Default)]
+pub struct Snap {
+    /// The host's firewall: `iptables-save -t nat` of both families (without counters,
+    /// which count the namespaces' own IPv6 chatter) and `nft list ruleset`.
+    pub firewall: bool,
+    /// Directories recorded path by path (a plugin's state dir, the whole IPAM data dir
+    /// where even a lock file would be a change).
+    pub trees: Vec<PathBuf>,
+}
+
+/// [`snapshot_with`] without extras.
+pub fn snapshot(rig: &Rig) -> String {
+    snapshot_with(rig, &Snap::default())
+}
+
+/// Everything a call could have changed, read in-process: for the host and the
+/// container namespace every link (kind, kind data, parent, MTU, MAC, alias, flags,
+/// promiscuity, which passthru changes on the parent, ...), its addresses, the routes of
+/// every table, the FIB rules and the qdiscs; the IPAM reservations (host-local's lock
+/// file may appear, as with the reference); and the extras of `opts`. Carrier state
+/// (operstate, LOWER_UP, RUNNING, DORMANT) is left out: the kernel settles it on its
+/// own after a link is made or set up, and only admin state (UP) is a plugin's doing.
+pub fn snapshot_with(rig: &Rig, opts: &Snap) -> String {
+    use std::fmt::Write;
+    const CARRIER: u32 = (libc::IFF_LOWER_UP | libc::IFF_DORMANT | libc::IFF_RUNNING) as u32;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v.join("")
+    };
+    let mut s = String::new();
+    for ns in [&rig.host, &rig.cont] {
+        let nl = nl(ns);
+        let mut links = nl.links().expect("link dump");
+        links.sort_by_key(|l| l.index);
+        for mut l in links {
+            l.operstate = 0;
+            l.flags &= !CARRIER;
+            let addrs = nl.addrs(l.index, None).expect("address dump");
+            writeln!(s, "{l:?}").unwrap();
+            s += &sorted(addrs.iter().map(|a| format!("  {a:?}\n")).collect());
+        }
+        for v6 in [false, true] {
+            let routes = nl.routes(v6, 0).expect("route dump");
+            s += &sorted(routes.iter().map(|r| format!("{r:?}\n")).collect());
+        }
+        let rules = nl.rules().expect("rule dump");
+        s += &sorted(rules.iter().map(|r| format!("{r:?}\n")).collect());
+        let qdiscs = nl.qdiscs(0).expect("qdisc dump");
+        s += &sorted(qdiscs.iter().map(|q| format!("{q:?}\n")).collect());
+    }
+    writeln!(s, "reservations {:?}", reservations_under(&rig.data_dir())).unwrap();
+    for d in &opts.trees {
+        writeln!(s, "{} {:?}", d.display(), tree(d)).unwrap();
+    }
+    if opts.firewall {
+        // iptables first: iptables-nft's save may leave an empty nat table, seen by nft.
+        for v6 in [false, true] {
+            for l in iptables_save(&rig.host, v6).lines() {
+                if !l.starts_with('#') {
+                    let l = match l.rsplit_once(" [") {
+                        Some((head, tail)) if l.starts_with(':') && tail.ends_with(']') => head,
+                        _ => l,
+                    };
+                    writeln!(s, "{l}").unwrap();
+                }
+            }
+        }
+        s += &nft_ruleset(&rig.host);
+    }
+    s
+}
+
+/// One malformed input of a `testdata/malformed-<applet>.json` table: the keys of
+/// `conf` are merged into the applet's base config (`null` removes one; an `ipam` of
+/// type host-local without a `dataDir` gets the rig's), and the call must fail with
+/// `code` and a message containing `msg`, changing nothing.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub what: String,
+    /// The applet called, in a table of several (malformed-applets.json); the runner's
+    /// applet otherwise.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// `CNI_COMMAND`, ADD when absent.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// (`set` in the portmap table.)
+    #[serde(default, alias = "set")]
+    pub conf: Option<Value>,
+    /// `CNI_ARGS`.
+    #[serde(default)]
+    pub args: Option<String>,
+    /// `CNI_IFNAME` instead of eth0.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// `CNI_NETNS`: "missing" (a path that does not exist) or "file" (a regular file).
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub code: i64,
+    pub msg: String,
+}
+
+type CaseHook<'a> = Box<dyn Fn(&Rig, &Case, &Value) + 'a>;
+
+/// The malformed-input runner: every case of a table against a base config, each
+/// checked for its code and message and for an unchanged [`snapshot_with`].
+pub struct Malformed<'a> {
+    applet: &'a str,
+    table: &'a str,
+    min: usize,
+    base: Box<dyn Fn(&str) -> Value + 'a>,
+    snap: Snap,
+    env: Vec<(String, String)>,
+    skip: Box<dyn Fn(&Case) -> bool + 'a>,
+    then: CaseHook<'a>,
+}
+
+impl<'a> Malformed<'a> {
+    /// `table` (the JSON text) for `applet` on `base`; at least `min` cases must run.
+    pub fn new(applet: &'a str, table: &'a str, min: usize, base: Value) -> Self {
+        Malformed {
+            applet,
+            table,
+            min,
+            base: Box::new(move |_| base.clone()),
+            snap: Snap::default(),
+            env: Vec::new(),
+            skip: Box::new(|_| false),
+            then: Box::new(|_, _, _| {}),
+        }
+    }
+
+    /// The base config by applet, for a table of several.
+    pub fn base_per_applet(mut self, f: impl Fn(&str) -> Value + 'a) -> Self {
+        self.base = Box::new(f);
+        self
+    }
+
+    /// Extras of the snapshot compared after every case.
+    pub fn snap(mut self, snap: Snap) -> Self {
+        self.snap = snap;
+        self
+    }
+
+    /// An environment variable for every call.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Cases not to run here (each says so on stderr); the minimum still holds.
+    pub fn skip(mut self, f: impl Fn(&Case) -> bool + 'a) -> Self {
+        self.skip = Box::new(f);
+        self
+    }
+
+    /// Run after each case has passed, with the config it used.
+    pub fn then(mut self, f: impl Fn(&Rig, &Case, &Value) + 'a) -> Self {
+        self.then = Box::new(f);
+        self
+    }
+
+    /// Run every case in `rig`; the number run.
+    pub fn run(self, rig: &Rig) -> usize {
+        let cases: Vec<Case> = serde_json::from_str(self.table)
+            .unwrap_or_else(|e| panic!("the {} malformed-input table: {e}", self.applet));
+        let file = rig.dir.join("not-a-netns");
+        std::fs::write(&file, b"").unwrap();
+        let missing = rig.dir.join("no-such-netns");
+        let before = snapshot_with(rig, &self.snap);
+        let mut ran = 0;
+        for case in &cases {
+            let what = &case.what;
+            if (self.skip)(case) {
+                eprintln!("{}: {what:?} skipped here", self.applet);
+                continue;
+            }
+            let applet = case.plugin.as_deref().unwrap_or(self.applet);
+            let mut conf = (self.base)(applet);
+            for (k, v) in case
+                .conf
+                .iter()
+                .flat_map(|c| c.as_object().expect("conf object"))
+            {
+                let o = conf.as_object_mut().expect("base config object");
+                match v {
+                    Value::Null => o.remove(k),
+                    v => o.insert(k.clone(), v.clone()),
+                };
+            }
+            if conf["ipam"]["type"] == "host-local" && conf["ipam"].get("dataDir").is_none() {
+                conf["ipam"]["dataDir"] = serde_json::json!(rig.data_dir());
+            }
+            let mut call = rig.call(applet, case.command.as_deref().unwrap_or("ADD"), &conf);
+            for (k, v) in &self.env {
+                call = call.env(k, v);
+            }
+            if let Some(a) = &case.args {
+                call = call.args(a);
+            }
+            if let Some(i) = &case.ifname {
+                call = call.ifname(i);
+            }
+            match case.netns.as_deref() {
+                Some("missing") => call = call.netns(missing.to_str().unwrap()),
+                Some("file") => call = call.netns(file.to_str().unwrap()),
+                Some(other) => panic!("{what}: unknown netns kind {other}"),
+                None => {}
+            }
+            let out = call.run();
+            assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
+            let msg = out.err()["msg"].as_str().unwrap();
+            assert!(
+                msg.contains(&case.msg),
+                "{what}: message {msg:?} lacks {:?}",
+                case.msg
+            );
+            assert_eq!(
+                snapshot_with(rig, &self.snap),
+                before,
+                "{what}: the failed call changed something"
+            );
+            assert!(!missing.exists(), "{what}: created the missing netns path");
+            (self.then)(rig, case, &conf);
+            ran += 1;
+        }
+        assert!(
+            ran >= self.min,
+            "{}: {ran} malformed cases ran, want at least {}",
+            self.applet,
+            self.min
+        );
+        eprintln!(
+            "{}: {ran} of {} malformed cases ran (at least {}): each got its code, nothing changed",
+            self.applet,
+            cases.len(),
+            self.min
+        );
+        ran
+    }
 }

@@ -1,15 +1,13 @@
 //! Helpers shared by the macvlan, ipvlan and vlan tests: parent links inside the rig's
-//! namespaces, a snapshot of everything a call could change, the malformed-input
-//! runner, a failing fake IPAM, kernel-support probes for the VM-only kinds, and the
-//! normalised kernel state the differential tests compare with the Go reference.
+//! namespaces, kernel-support probes for the VM-only kinds, and the normalised kernel
+//! state the differential tests compare with the Go reference. (The snapshot and the
+//! malformed-input runner are the common ones: `snapshot`, `Malformed`.)
 
 #![allow(dead_code)]
 
 use super::common::*;
-use cnibox::netlink::{Link, LinkId, Nl};
-use cnibox::netns::Netns as NsFile;
+use cnibox::netlink::{Link, LinkId};
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// A veth pair `name` / `<name>p` in `ns`, both up: a parent with carrier that is
 /// entirely the test's own (never a real NIC). Returns `name`'s ifindex. One `ip`
@@ -26,47 +24,6 @@ pub fn parent(ns: &Netns, name: &str) -> u64 {
     batch(ns, &script);
     settle(ns, &[name, &peer]);
     nl_link(ns, name).expect("parent").index as u64
-}
-
-/// Wait (bounded) until every link in `names` reports operstate UP and carries its
-/// IPv6 multicast route: the kernel finishes both asynchronously after `link set up`,
-/// and a before/after snapshot taken in between would see a change no plugin made.
-pub fn settle(ns: &Netns, names: &[&str]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let v6: Vec<bool> = names.iter().map(|n| v6_enabled(ns, n)).collect();
-    loop {
-        let nl = nl(ns);
-        let v6_routes = nl.routes(true, 0).expect("route dump");
-        let settled = names.iter().zip(&v6).all(|(n, v6)| {
-            let l = nl
-                .link(LinkId::Name(n))
-                .expect("link lookup")
-                .expect("link exists");
-            l.operstate == 6 && (!v6 || v6_routes.iter().any(|r| r.oif == l.index))
-        });
-        if settled {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "links {names:?} did not settle within 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// Is IPv6 enabled on `ifname` (so the kernel will add its multicast route)?
-fn v6_enabled(ns: &Netns, ifname: &str) -> bool {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "cat"])
-        .arg(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"))
-        .output()
-        .expect("read disable_ipv6");
-    match out.status.success() {
-        true => String::from_utf8_lossy(&out.stdout).trim() == "0",
-        // No per-link IPv6 directory: IPv6 is off entirely.
-        false => false,
-    }
 }
 
 /// Run `ip -n <ns> -batch -` on `script`, panicking on failure.
@@ -91,12 +48,6 @@ pub fn batch(ns: &Netns, script: &str) {
         "ip -batch {script:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A netlink socket in `ns`, for reading kernel state without spawning `ip`.
-pub fn nl(ns: &Netns) -> Nl {
-    let f = NsFile::open(ns.path.to_str().unwrap()).expect("open netns");
-    Nl::open_in(&f).expect("netlink socket")
 }
 
 /// `name` in `ns`, read in-process.
@@ -126,148 +77,6 @@ pub fn default_route(ns: &Netns, dev: &str) {
 /// host-local over `subnet` in the rig's data dir.
 pub fn ipam(rig: &Rig, subnet: &str) -> Value {
     json!({"type": "host-local", "subnet": subnet, "dataDir": rig.data_dir()})
-}
-
-/// Every path under `dir` (empty if it does not exist yet).
-pub fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        out.push(p.display().to_string());
-        if p.is_dir() {
-            out.extend(tree(&p));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Reservation files (named after an IP) anywhere under `dir`.
-pub fn reservations_under(dir: &Path) -> Vec<String> {
-    tree(dir)
-        .into_iter()
-        .filter(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .map(|p| {
-            Path::new(&p)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
-/// Everything a call could have changed: both namespaces' links (kind, kind data,
-/// parent, flags, promiscuity, which passthru changes on the parent, ...), addresses
-/// and routes of every table, and the IPAM reservations. Read in-process (no `ip`
-/// processes: they are slow in the VM). host-local's lock file may appear, as with
-/// the reference.
-pub fn snapshot(rig: &Rig) -> String {
-    let mut s = String::new();
-    for ns in [&rig.host, &rig.cont] {
-        let nl = nl(ns);
-        let mut links = nl.links().unwrap();
-        links.sort_by_key(|l| l.index);
-        for l in &links {
-            s.push_str(&format!("{l:?}\n"));
-            let mut addrs: Vec<String> = nl
-                .addrs(l.index, None)
-                .unwrap()
-                .iter()
-                .map(|a| format!("  {a:?}\n"))
-                .collect();
-            addrs.sort();
-            s.extend(addrs);
-        }
-        for v6 in [false, true] {
-            let mut r: Vec<String> = nl
-                .routes(v6, 0)
-                .unwrap()
-                .iter()
-                .map(|r| format!("{r:?}\n"))
-                .collect();
-            r.sort();
-            s.extend(r);
-        }
-    }
-    s.push_str(&format!("{:?}", reservations_under(&rig.data_dir())));
-    s
-}
-
-/// One malformed input from `testdata/malformed-<plugin>.json`: keys of `conf` are
-/// merged into the plugin's base config (`null` removes one; an `ipam` of type
-/// host-local gets the rig's data dir), and the call must fail with `code` and a message
-/// containing `msg`, changing nothing.
-#[derive(serde::Deserialize)]
-pub struct Case {
-    pub what: String,
-    #[serde(default)]
-    pub command: Option<String>,
-    #[serde(default)]
-    pub conf: Option<Value>,
-    #[serde(default)]
-    pub args: Option<String>,
-    /// "missing" (a path that does not exist) or "file" (a regular file).
-    #[serde(default)]
-    pub netns: Option<String>,
-    pub code: i64,
-    pub msg: String,
-}
-
-pub fn run_malformed(rig: &Rig, plugin: &str, base: &Value, cases_json: &str, min: usize) {
-    let cases: Vec<Case> = serde_json::from_str(cases_json).expect("cases parse");
-    assert!(cases.len() >= min, "only {} cases", cases.len());
-    let file = rig.dir.join("not-a-netns");
-    std::fs::write(&file, b"").unwrap();
-    let missing = rig.dir.join("no-such-netns");
-    let before = snapshot(rig);
-    for case in &cases {
-        let what = &case.what;
-        let mut conf = base.clone();
-        if let Some(extra) = &case.conf {
-            for (k, v) in extra.as_object().expect("conf object") {
-                if v.is_null() {
-                    conf.as_object_mut().unwrap().remove(k);
-                } else {
-                    conf[k] = v.clone();
-                }
-            }
-        }
-        if conf["ipam"]["type"] == "host-local" {
-            conf["ipam"]["dataDir"] = json!(rig.data_dir());
-        }
-        let cmd = case.command.as_deref().unwrap_or("ADD");
-        let mut call = rig.call(plugin, cmd, &conf);
-        if let Some(a) = &case.args {
-            call = call.args(a);
-        }
-        match case.netns.as_deref() {
-            Some("missing") => call = call.netns(missing.to_str().unwrap()),
-            Some("file") => call = call.netns(file.to_str().unwrap()),
-            Some(other) => panic!("{what}: unknown netns kind {other}"),
-            None => {}
-        }
-        let out = call.run();
-        assert_eq!(out.err_code(), case.code, "{what}: {}", out.stdout);
-        let msg = out.json.as_ref().unwrap()["msg"].as_str().unwrap_or("");
-        assert!(
-            msg.contains(&case.msg),
-            "{what}: message {msg:?} lacks {:?}",
-            case.msg
-        );
-        assert_eq!(
-            snapshot(rig),
-            before,
-            "{what}: the failed call changed something"
-        );
-    }
 }
 
 /// The container link as the differential tests compare it: `ip -d -j link` minus
