@@ -633,37 +633,17 @@ fn malformed_inputs_get_spec_codes_and_change_nothing() {
         &prev("1.0.0", "cbr9", &["10.9.9.9/24"]),
     );
     rig.call("firewall", "ADD", &other).id("other").run().ok();
-    let state = || format!("{}\n{}", both_filters(&rig.host), nft(&rig.host));
-    let before = state();
-    let cases: Vec<Value> =
-        serde_json::from_str(include_str!("../testdata/malformed-firewall.json")).unwrap();
-    assert!(cases.len() >= 10);
-    for c in &cases {
-        let what = c["what"].as_str().unwrap();
-        let mut conf = base.clone();
-        for (k, v) in c["conf"].as_object().unwrap() {
-            if v.is_null() {
-                conf.as_object_mut().unwrap().remove(k);
-            } else {
-                conf[k] = v.clone();
-            }
-        }
-        let cmd = c["command"].as_str().unwrap_or("ADD");
-        let out = rig.call("firewall", cmd, &conf).run();
-        assert_eq!(
-            out.err_code(),
-            c["code"].as_i64().unwrap(),
-            "{what}: {}",
-            out.stdout
-        );
-        let msg = c["msg"].as_str().unwrap();
-        assert!(
-            out.stdout.contains(msg),
-            "{what}: {msg:?} not in {}",
-            out.stdout
-        );
-        assert_eq!(state(), before, "{what}: changed the host");
-    }
+    Malformed::new(
+        "firewall",
+        include_str!("../testdata/malformed-firewall.json"),
+        10,
+        base,
+    )
+    .snap(Snap {
+        firewall: true,
+        ..Snap::default()
+    })
+    .run(&rig);
 }
 
 /// A dual-stack ADD whose IPv6 half fails leaves nothing of its IPv4 half, neither on a

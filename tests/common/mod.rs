@@ -901,8 +901,9 @@ pub fn reservations_under(dir: &Path) -> Vec<String> {
 /// qdiscs of both rig namespaces and the IPAM reservations.
 #[derive(Clone, Default)]
 pub struct Snap {
-    /// The host's firewall: `iptables-save -t nat` of both families (without counters,
-    /// which count the namespaces' own IPv6 chatter) and `nft list ruleset`.
+    /// The host's firewall: the nat and filter tables of both families' `iptables-save`
+    /// (without counters, which count the namespaces' own IPv6 chatter) and
+    /// `nft list ruleset`.
     pub firewall: bool,
     /// Directories recorded path by path (a plugin's state dir, the whole IPAM data dir
     /// where even a lock file would be a change).
@@ -955,8 +956,20 @@ pub fn snapshot_with(rig: &Rig, opts: &Snap) -> String {
     }
     if opts.firewall {
         // iptables first: iptables-nft's save may leave an empty nat table, seen by nft.
-        for v6 in [false, true] {
-            for l in iptables_save(&rig.host, v6).lines() {
+        for (v6, table) in [
+            (false, "nat"),
+            (true, "nat"),
+            (false, "filter"),
+            (true, "filter"),
+        ] {
+            let tool = if v6 {
+                "ip6tables-save"
+            } else {
+                "iptables-save"
+            };
+            let saved = rig.host.run(&[tool, "-t", table]);
+            assert!(saved.contains(&format!("*{table}")), "{tool}: {saved}");
+            for l in saved.lines() {
                 if !l.starts_with('#') {
                     let l = match l.rsplit_once(" [") {
                         Some((head, tail)) if l.starts_with(':') && tail.ends_with(']') => head,
