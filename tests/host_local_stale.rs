@@ -292,9 +292,25 @@ fn cross_compat_holds_with_boot_records_present() {
     for flavor in [Go::Upstream, Go::Debian] {
         let w = World::new();
         let c = w.conf("10.1.2.0/29");
-        // Go releases ours: it reads the record (content, then name) and leaves it.
-        assert_eq!(w.add_dead(&c, "c1"), "10.1.2.2/29");
+        // Go's CHECK (FindByKey reads every file) finds ours, and no record passes for
+        // a reservation of an attachment that has none.
+        let v = w
+            .ours("ADD", &c, "c1")
+            .netns("/run/netns/cbx-gone")
+            .run()
+            .ok()
+            .clone();
+        assert_eq!(addr(&v), "10.1.2.2/29");
         assert!(w.record("10.1.2.2").is_some());
+        let cc = with_prev(&c, &v);
+        flavor.call(&w, "CHECK", &cc, "c1").run().ok();
+        let out = flavor.call(&w, "CHECK", &cc, "nobody").run();
+        assert!(
+            out.err_text().contains("Failed to find address"),
+            "{}",
+            out.stdout
+        );
+        // Go releases ours: it reads the record (content, then name) and leaves it.
         flavor.call(&w, "DEL", &c, "c1").run().ok();
         assert!(w.owners().is_empty(), "{flavor:?}");
         assert!(
