@@ -6,12 +6,17 @@
 //! `args.cni.ips` and `runtimeConfig.ips`; routes and `resolvConf` DNS are added to the
 //! result. DEL releases the attachment's addresses; CHECK finds its reservation; GC
 //! (not in the reference) releases every attachment not listed as valid.
+//!
+//! Not in the reference either: a range found exhausted first reclaims the reservations
+//! that outlived their containers, those proved to be from an earlier boot of the
+//! kernel (boot records beside the reservations; never one of the current boot or of a
+//! netns that still exists). `"reclaimStale": false` turns that off.
 
 use anyhow::{anyhow, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
 use cnibox::cni::{CniResult, Dns, IpConfig};
 use cnibox::error::{cni_err, Code};
-use cnibox::ipam::alloc;
+use cnibox::ipam::alloc::{self, AddOptions};
 use cnibox::ipam::conf::{parse_requested, parse_routes, string_list};
 use cnibox::ipam::range::{build_range_sets, config_err, RangeConf, RangeSet};
 use cnibox::ipam::store::{Store, DEFAULT_DATA_DIR};
@@ -52,6 +57,8 @@ struct Ipam {
     data_dir: String,
     #[serde(rename = "resolvConf")]
     resolv_conf: String,
+    #[serde(rename = "reclaimStale")]
+    reclaim_stale: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +177,10 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
         &ctx.container_id,
         &ctx.ifname,
         requested,
+        &AddOptions {
+            netns: Some(ctx.netns.clone()),
+            reclaim_stale: ipam.reclaim_stale.unwrap_or(true),
+        },
     )?;
     Ok(CniResult {
         cni_version: ctx.version().to_string(),

@@ -42,7 +42,11 @@ fn hold_lock(rig: &Rig) -> File {
 /// Every entry of `d` whose name marks a temp file.
 fn temps(d: &Path) -> Vec<String> {
     let mut v = Vec::new();
-    for sub in [d.to_path_buf(), d.join(".cnibox-index")] {
+    for sub in [
+        d.to_path_buf(),
+        d.join(".cnibox-index"),
+        d.join(".cnibox-boot"),
+    ] {
         if let Ok(rd) = fs::read_dir(&sub) {
             v.extend(
                 rd.filter_map(|e| e.ok())
@@ -150,21 +154,24 @@ fn dead_pid() -> u32 {
 
 #[test]
 fn temp_files_of_dead_writers_are_reclaimed() {
-    // 1,000 temp files of killed writers (both kinds, beside reservations and in the
-    // index directory): the next ADD removes them all, without any GC. Temp files of a
-    // live PID are left to GC, which removes every temp file.
+    // 1,000 temp files of killed writers (both kinds, beside reservations, in the index
+    // directory and among the boot records): the next ADD removes them all, without any
+    // GC. Temp files of a live PID are left to GC, which removes every temp file.
     let rig = Rig::new();
     let c = conf(&rig, "10.1.0.0/16");
     rig.call("host-local", "ADD", &c).id("first").run().ok();
     let d = dir(&rig);
     let idx = d.join(".cnibox-index");
     assert!(idx.is_dir());
+    let boot = d.join(".cnibox-boot");
+    assert!(boot.is_dir());
     let dead = dead_pid();
     for i in 0..1000 {
-        let (where_, name) = match i % 4 {
+        let (where_, name) = match i % 5 {
             0 => (&d, format!(".tmp-r-10.1.7.{}-{dead}-{i}x0", i % 250)),
             1 => (&d, format!(".tmp-w-{dead}-{i}x0")),
             2 => (&idx, format!(".tmp-w-{dead}-{i}x0")),
+            3 => (&boot, format!(".tmp-w-{dead}-{i}x0")),
             _ => (&d, format!(".tmp-r-fd00::{i:x}-{dead}-{i}x0")),
         };
         fs::write(where_.join(name), "x\r\neth0").unwrap();
@@ -409,12 +416,18 @@ fn sigkill_inside_the_work() {
                 .expect("last_reserved_ip");
         } else {
             assert!(
-                ["lock", ".cnibox-index"].contains(&name.as_str()) || name.starts_with(".tmp-"),
+                ["lock", ".cnibox-index", ".cnibox-boot"].contains(&name.as_str())
+                    || name.starts_with(".tmp-"),
                 "unexpected {name}"
             );
         }
     }
-    for e in fs::read_dir(d.join(".cnibox-index")).unwrap() {
+    // So does every index entry and boot record.
+    let records = fs::read_dir(d.join(".cnibox-boot")).unwrap();
+    for e in fs::read_dir(d.join(".cnibox-index"))
+        .unwrap()
+        .chain(records)
+    {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if !name.starts_with(".tmp-") {

@@ -1,9 +1,12 @@
 //! host-local allocation, release, CHECK and GC over a [`Store`], following the
 //! reference's algorithm: one address per range set, round-robin after
 //! `last_reserved_ip.<set>`, requested addresses first, the store locked per set.
+//! Beyond the reference: a range set found exhausted first reclaims the reservations
+//! that outlived their containers (earlier boots, see [`Locked::reclaim_stale`]), then
+//! is searched once more.
 
 use super::range::RangeSet;
-use super::store::{Locked, Store};
+use super::store::{Locked, Removed, Store};
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -15,6 +18,17 @@ pub struct Allocation {
     pub gateway: IpAddr,
 }
 
+/// What an ADD knows besides the attachment's name.
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// The container's netns path (`CNI_NETNS`), kept in the boot record: a reservation
+    /// whose netns still exists is never reclaimed.
+    pub netns: Option<String>,
+    /// `reclaimStale` (default true): reclaim reservations of earlier boots when a
+    /// range set is exhausted. Off, an exhausted range fails like the reference's.
+    pub reclaim_stale: bool,
+}
+
 fn alloc_one(
     locked: &mut Locked<'_>,
     set: &RangeSet,
@@ -22,13 +36,15 @@ fn alloc_one(
     id: &str,
     ifname: &str,
     requested: Option<IpAddr>,
+    opts: &AddOptions,
 ) -> Result<Allocation> {
+    let netns = opts.netns.as_deref();
     if let Some(ip) = requested {
         let r = set.range_for(ip)?;
         if ip == r.gateway {
             bail!("requested ip {ip} is subnet's gateway");
         }
-        if !locked.reserve(id, ifname, ip, idx)? {
+        if !locked.reserve_in(id, ifname, netns, ip, idx)? {
             bail!("requested IP address {ip} is not available in range set {set}");
         }
         return Ok(Allocation {
@@ -43,15 +59,34 @@ fn alloc_one(
             bail!("{ip} has been allocated to {id}, duplicate allocation is not allowed");
         }
     }
-    for (ip, r) in set.iter_from(locked.last_reserved(idx)) {
-        if locked.reserve(id, ifname, ip, idx)? {
-            return Ok(Allocation {
-                address: IpNet::new(ip, r.subnet.prefix_len())?,
-                gateway: r.gateway,
-            });
+    let mut reclaimed = !opts.reclaim_stale;
+    loop {
+        for (ip, r) in set.iter_from(locked.last_reserved(idx)) {
+            if locked.reserve_in(id, ifname, netns, ip, idx)? {
+                return Ok(Allocation {
+                    address: IpNet::new(ip, r.subnet.prefix_len())?,
+                    gateway: r.gateway,
+                });
+            }
+        }
+        if reclaimed {
+            bail!("no IP addresses available in range set: {set}")
+        }
+        reclaimed = true;
+        let gone = locked.reclaim_stale()?;
+        report("reclaimed (reserved in an earlier boot)", &gone);
+        if gone.is_empty() {
+            bail!("no IP addresses available in range set: {set}")
         }
     }
-    bail!("no IP addresses available in range set: {set}")
+}
+
+/// What reclamation and GC removed goes to stderr, the runtime's log of the plugin.
+fn report(what: &str, gone: &[Removed]) {
+    if !gone.is_empty() {
+        let list: Vec<String> = gone.iter().map(Removed::describe).collect();
+        eprintln!("host-local: {what}: {}", list.join(", "));
+    }
 }
 
 /// Allocate one address per set for (id, ifname), under one lock (the reference locks
@@ -63,6 +98,7 @@ pub fn allocate(
     id: &str,
     ifname: &str,
     mut requested: Vec<IpAddr>,
+    opts: &AddOptions,
 ) -> Result<Vec<Allocation>> {
     let mut locked = store.lock()?;
     let mut out = Vec::new();
@@ -71,7 +107,7 @@ pub fn allocate(
             .iter()
             .position(|ip| set.contains(*ip))
             .map(|i| requested.remove(i));
-        match alloc_one(&mut locked, set, idx, id, ifname, want) {
+        match alloc_one(&mut locked, set, idx, id, ifname, want, opts) {
             Ok(a) => out.push(a),
             Err(e) => {
                 // Only undo what this call took: a refused duplicate ADD must leave the
@@ -106,10 +142,13 @@ pub fn check(store: &Store, id: &str, ifname: &str) -> Result<()> {
     )
 }
 
-/// GC: release every reservation whose attachment is not in `valid`. A legacy id-only
-/// file is kept if its container has any valid attachment. Returns how many went.
+/// GC: release every reservation whose attachment is not in `valid`, whatever its
+/// boot. A legacy id-only file is kept if its container has any valid attachment.
+/// Reports what went on stderr, and returns how many.
 pub fn gc(store: &Store, valid: &[(String, String)]) -> Result<usize> {
-    store.lock()?.gc(valid)
+    let gone = store.lock()?.gc(valid)?;
+    report("GC released", &gone);
+    Ok(gone.len())
 }
 
 #[cfg(test)]
@@ -121,6 +160,13 @@ mod tests {
         let d = std::env::temp_dir().join(format!("cbx-ut-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    fn opts() -> AddOptions {
+        AddOptions {
+            netns: None,
+            reclaim_stale: true,
+        }
     }
 
     fn set(subnet: &str) -> RangeSet {
@@ -139,7 +185,7 @@ mod tests {
         let d = tmpdir("alloc");
         let store = Store::open(&d, "net").unwrap();
         let sets = vec![set("10.1.2.0/24"), set("2001:db8::/64")];
-        let a = allocate(&store, &sets, "c1", "eth0", vec![]).unwrap();
+        let a = allocate(&store, &sets, "c1", "eth0", vec![], &opts()).unwrap();
         assert_eq!(a[0].address.to_string(), "10.1.2.2/24");
         assert_eq!(a[1].address.to_string(), "2001:db8::2/64");
         assert_eq!(
@@ -148,7 +194,7 @@ mod tests {
         );
         let e = format!(
             "{:#}",
-            allocate(&store, &sets, "c1", "eth0", vec![]).unwrap_err()
+            allocate(&store, &sets, "c1", "eth0", vec![], &opts()).unwrap_err()
         );
         assert_eq!(e, "failed to allocate for range 0: 10.1.2.2 has been allocated to c1, duplicate allocation is not allowed");
         check(&store, "c1", "eth0").unwrap();
@@ -164,11 +210,11 @@ mod tests {
         let d = tmpdir("stale");
         let store = Store::open(&d, "net").unwrap();
         let sets = vec![set("10.1.2.0/24")];
-        allocate(&store, &sets, "c1", "eth0", vec![]).unwrap();
+        allocate(&store, &sets, "c1", "eth0", vec![], &opts()).unwrap();
         // Go released it and gave the attachment another address, unknown to our index.
         std::fs::remove_file(d.join("net/10.1.2.2")).unwrap();
         std::fs::write(d.join("net/10.1.2.9"), "c1\r\neth0").unwrap();
-        let e = allocate(&store, &sets, "c1", "eth0", vec![]).unwrap_err();
+        let e = allocate(&store, &sets, "c1", "eth0", vec![], &opts()).unwrap_err();
         assert!(
             format!("{e:#}").contains("10.1.2.9 has been allocated to c1"),
             "{e:#}"
@@ -177,7 +223,7 @@ mod tests {
         assert!(!d.join("net/10.1.2.9").exists());
         // A legacy id-only reservation counts for the duplicate check, as in the reference.
         std::fs::write(d.join("net/10.1.2.20"), "c2").unwrap();
-        let e = allocate(&store, &sets, "c2", "eth0", vec![]).unwrap_err();
+        let e = allocate(&store, &sets, "c2", "eth0", vec![], &opts()).unwrap_err();
         assert!(
             format!("{e:#}").contains("10.1.2.20 has been allocated to c2"),
             "{e:#}"
@@ -191,7 +237,7 @@ mod tests {
         let store = Store::open(&d, "net").unwrap();
         let sets = vec![set("10.1.2.0/24")];
         for i in 0..10 {
-            allocate(&store, &sets, &format!("c{i}"), "eth0", vec![]).unwrap();
+            allocate(&store, &sets, &format!("c{i}"), "eth0", vec![], &opts()).unwrap();
         }
         std::fs::write(d.join("net/10.1.2.200"), "c1").unwrap(); // legacy, valid container
         std::fs::write(d.join("net/10.1.2.201"), "zz").unwrap(); // legacy, stale
@@ -217,8 +263,15 @@ mod tests {
                         let store = Store::open(d, "net").unwrap();
                         (0..8)
                             .map(|i| {
-                                allocate(&store, sets, &format!("t{t}c{i}"), "eth0", vec![])
-                                    .unwrap()[0]
+                                allocate(
+                                    &store,
+                                    sets,
+                                    &format!("t{t}c{i}"),
+                                    "eth0",
+                                    vec![],
+                                    &opts(),
+                                )
+                                .unwrap()[0]
                                     .address
                                     .to_string()
                             })

@@ -32,6 +32,19 @@
 //! us), so entry changes are all the index has to follow. Subdirectories, or reservation
 //! names that are not an address's canonical text, cannot be indexed by address: such a
 //! directory is always scanned.
+//!
+//! Boot records (`.cnibox-boot/<ip>.boot`): which kernel boot a reservation provably
+//! existed in, so that reservations that outlived their containers (every netns died
+//! with the old kernel) can be reclaimed when a range is exhausted. See [`BootRecord`]
+//! for the record, how it is tied to its reservation file, and why neither Go's DEL nor
+//! its GetByID can ever mistake it for a reservation; [`Locked::reclaim_stale`] for the
+//! rule. Reservations written by the reference carry no record; the network's own
+//! record of custody proves when they predate this boot: the stamp records the boot id
+//! it was written in, and a stamp that still matches at the first call of a new boot
+//! proves that nobody changed the directory's entries since that earlier boot, so every
+//! reservation present then is from an earlier boot (and gets a record, "adopted").
+//! Whenever that chain is broken (any foreign change, a crashed writer), reference
+//! reservations stay of unknown boot, and only GC or DEL removes them.
 
 use crate::error::{cni_err, Code};
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,6 +65,14 @@ const STAMP: &str = "stamp";
 /// `.tmp-w-<pid>-<token>` (a file being replaced), in the directory of their target.
 const TMP_RESERVE: &str = ".tmp-r-";
 const TMP_WRITE: &str = ".tmp-w-";
+/// The boot records' directory, and the suffix of a record's name (`<ip>.boot`).
+pub const BOOT_DIR: &str = ".cnibox-boot";
+const BOOT_SUFFIX: &str = ".boot";
+/// The kernel's id of the current boot: a random UUID made at every boot.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// Test-only: another file to read the boot id from, so that tests can simulate a
+/// reboot by rewriting it. It moves the source, not the logic.
+pub const BOOT_ID_PATH_ENV: &str = "CNIBOX_BOOT_ID_PATH";
 
 /// How long an operation waits for the network's lock. Holders keep it for
 /// milliseconds (Go's scan of thousands of files: tens of ms), so five seconds means
@@ -62,6 +83,22 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Store {
     dir: PathBuf,
     lock: File,
+    /// The current boot's id; `None` if it cannot be read (then nothing is recorded and
+    /// nothing is reclaimed).
+    boot: Option<String>,
+}
+
+/// The current boot id, from [`BOOT_ID_PATH`] (or the test-only [`BOOT_ID_PATH_ENV`]).
+pub fn current_boot() -> Option<String> {
+    let path = std::env::var_os(BOOT_ID_PATH_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BOOT_ID_PATH));
+    let s = fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    // A boot id is a UUID; anything else (an empty or odd file) is no boot id at all.
+    (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .then(|| s.to_string())
 }
 
 impl Store {
@@ -89,11 +126,20 @@ impl Store {
             .mode(0o750)
             .open(dir.join("lock"))
             .with_context(|| format!("failed to open the lock file in {}", dir.display()))?;
-        Ok(Store { dir, lock })
+        Ok(Store {
+            dir,
+            lock,
+            boot: current_boot(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The boot id this store records and compares with.
+    pub fn boot(&self) -> Option<&str> {
+        self.boot.as_deref()
     }
 
     /// Take the lock (waiting at most [`LOCK_TIMEOUT`]) and find out whether the index
@@ -109,10 +155,12 @@ impl Store {
             unstamped: false,
             need_stamp: false,
         };
-        if !locked.stamp_matches() {
-            locked.rescan(false)?;
-        } else {
-            locked.indexed = true;
+        match locked.matching_stamp() {
+            Some(stamp) => {
+                locked.indexed = true;
+                locked.boot_transition(stamp.boot)?;
+            }
+            None => locked.rescan(false)?,
         }
         Ok(locked)
     }
@@ -190,12 +238,17 @@ impl Drop for Locked<'_> {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
 struct Stamp {
     dev: u64,
     ino: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// The boot id when the stamp was written (absent in stamps of older versions, or
+    /// when the boot id could not be read): a matching stamp of an earlier boot proves
+    /// that every entry present predates this boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot: Option<String>,
 }
 
 impl Stamp {
@@ -206,7 +259,13 @@ impl Stamp {
             ino: m.ino(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            boot: None,
         })
+    }
+
+    /// Same directory, same mtime (the boot is what the stamp says about the past).
+    fn same_dir(&self, o: &Stamp) -> bool {
+        (self.dev, self.ino, self.mtime, self.mtime_nsec) == (o.dev, o.ino, o.mtime, o.mtime_nsec)
     }
 }
 
@@ -224,6 +283,102 @@ impl Entry {
             Some(f) => format!("{}\r\n{f}", self.id),
             None => self.id.clone(),
         }
+    }
+}
+
+/// The identity of one reservation file: its inode and its ctime, compared only for
+/// equality (like the stamp), never ordered against a clock. Go and we never rewrite a
+/// reservation, so the ctime stays what it was when the file got its last link; a file
+/// released and made again under the same name, even on a reused inode number, gets a
+/// ctime of its own (any write, link or chmod sets it), so a record can never be taken
+/// for a different file that merely has the same name and content.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug, Clone)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileId {
+    /// The identity of the regular file at `p` (not following a symlink).
+    fn of(p: &Path) -> Option<FileId> {
+        let m = fs::symlink_metadata(p).ok()?;
+        m.is_file().then(|| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        })
+    }
+}
+
+/// What `.cnibox-boot/<ip>.boot` says about the reservation `<ip>`: during which boot it
+/// provably existed. Written by our ADD for its own reservation (the current boot, and
+/// the container's netns), or by adoption for a reservation the stamp proved older than
+/// the current boot (the stamp's boot, no netns).
+///
+/// The reference never mistakes it for a reservation: its DEL deletes, and its GetByID
+/// reports, files whose trimmed content equals `<id>\r\n<ifname>` or the bare `<id>`;
+/// a record is one line of JSON, starting with `{` and holding no CR or LF (JSON escapes
+/// them), so it equals neither (container ids are `[A-Za-z0-9][A-Za-z0-9_.-]*`, checked
+/// by both implementations' harnesses), and its name, `<ip>.boot`, is not an address.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct BootRecord {
+    /// The boot id.
+    pub boot: String,
+    /// The reservation's content when recorded.
+    pub key: String,
+    #[serde(rename = "file")]
+    id: FileId,
+    /// The container's netns path (`CNI_NETNS`) when we made the reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Adopted: a reservation we did not make, proved older than the boot after `boot`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+}
+
+/// One reservation removed by reclamation or GC, for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub path: PathBuf,
+    /// Its content (`id\r\nifname`, or a legacy bare id).
+    pub key: String,
+    /// The boot it was proved to belong to (reclamation only).
+    pub boot: Option<String>,
+}
+
+impl Removed {
+    /// `10.1.2.3 (ctr/eth0)`, for logs.
+    pub fn describe(&self) -> String {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let owner = self.key.replacen("\r\n", "/", 1);
+        match &self.boot {
+            Some(b) => format!("{name} ({owner}, boot {b})"),
+            None => format!("{name} ({owner})"),
+        }
+    }
+}
+
+fn record_name(ip: &str) -> String {
+    format!("{ip}{BOOT_SUFFIX}")
+}
+
+/// A netns that still exists: the path is there and is a network namespace. A path
+/// that is gone, or only the empty file an unmounted netns leaves, is dead; anything
+/// that is not a regular file (a FIFO would block the open) counts as alive, as does
+/// any error: the doubt keeps the reservation.
+fn netns_alive(path: &str) -> bool {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => false,
+        Err(_) => true,
+        Ok(m) if !m.is_file() => true,
+        Ok(_) => crate::netns::Netns::open(path).is_ok(),
     }
 }
 
@@ -322,7 +477,7 @@ fn walk(dir: &Path, top: bool, scan: &mut Scan) -> Result<()> {
         let name = name.to_string_lossy();
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            if !(top && name == INDEX_DIR) {
+            if !(top && (name == INDEX_DIR || name == BOOT_DIR)) {
                 scan.unindexable = true;
                 walk(&entry.path(), false, scan)?;
             }
@@ -365,19 +520,152 @@ impl Locked<'_> {
         self.dir().join(INDEX_DIR)
     }
 
+    fn boot_dir(&self) -> PathBuf {
+        self.dir().join(BOOT_DIR)
+    }
+
+    fn ensure_boot_dir(&mut self) -> Result<PathBuf> {
+        let d = self.boot_dir();
+        if !d.is_dir() {
+            // Creating it changes the network directory: the stamp goes first.
+            self.unstamp()?;
+            self.need_stamp = true;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&d)
+                .with_context(|| format!("failed to create {}", d.display()))?;
+        }
+        Ok(d)
+    }
+
     /// Whether the index is in use (tests and diagnostics).
     pub fn indexed(&self) -> bool {
         self.indexed
     }
 
+    /// The recorded stamp, if it matches the directory as it is.
+    fn matching_stamp(&self) -> Option<Stamp> {
+        let s = fs::read_to_string(self.index_dir().join(STAMP)).ok()?;
+        let recorded = serde_json::from_str::<Stamp>(&s).ok()?;
+        Stamp::of(self.dir())
+            .is_ok_and(|now| now.same_dir(&recorded))
+            .then_some(recorded)
+    }
+
+    #[cfg(test)]
     fn stamp_matches(&self) -> bool {
-        let Ok(s) = fs::read_to_string(self.index_dir().join(STAMP)) else {
-            return false;
+        self.matching_stamp().is_some()
+    }
+
+    /// Called with the boot of a stamp that matches. The first call of a new boot finds
+    /// the stamp of an earlier one: every reservation present existed then, so those
+    /// without a valid record are adopted with that boot. The stamp is then rewritten
+    /// with the current boot, so this runs once per boot (O(reservations), like a scan).
+    fn boot_transition(&mut self, stamped: Option<String>) -> Result<()> {
+        let Some(now) = self.store.boot.clone() else {
+            return Ok(());
         };
-        let Ok(recorded) = serde_json::from_str::<Stamp>(&s) else {
-            return false;
+        if stamped.as_deref() == Some(now.as_str()) {
+            return Ok(());
+        }
+        if let Some(earlier) = stamped {
+            // Losing records only makes reservations of unknown boot (left to GC): a
+            // failure here must not fail the call.
+            if let Err(e) = self.adopt(&earlier) {
+                eprintln!("host-local: boot records not adopted: {e:#}");
+            }
+        }
+        self.unstamp()?;
+        self.need_stamp = true;
+        Ok(())
+    }
+
+    /// Give every indexed reservation without a valid record one saying `earlier`.
+    fn adopt(&mut self, earlier: &str) -> Result<()> {
+        let idx = self.index_dir();
+        let mut todo = Vec::new();
+        for e in fs::read_dir(&idx).with_context(|| format!("failed to read {}", idx.display()))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == STAMP || name.starts_with(TMP_RESERVE) || name.starts_with(TMP_WRITE) {
+                continue;
+            }
+            // A damaged entry adopts nothing (its reservations stay of unknown boot).
+            let Some(entry) = fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| serde_json::from_str::<Entry>(&s).ok())
+            else {
+                continue;
+            };
+            let key = entry.key();
+            for ip in entry.ips {
+                let ip = ip.to_string();
+                let Some(id) = FileId::of(&self.dir().join(&ip)) else {
+                    continue;
+                };
+                if self.record(&ip).is_some_and(|r| r.id == id && r.key == key) {
+                    continue;
+                }
+                todo.push((ip, key.clone(), id));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let bdir = self.ensure_boot_dir()?;
+        for (ip, key, id) in todo {
+            let rec = BootRecord {
+                boot: earlier.to_string(),
+                key,
+                id,
+                netns: None,
+                adopted: true,
+            };
+            write_atomic(&bdir.join(record_name(&ip)), &serde_json::to_string(&rec)?)?;
+        }
+        Ok(())
+    }
+
+    /// The record of reservation `<ip>`, if there is a readable one.
+    fn record(&self, ip: &str) -> Option<BootRecord> {
+        let s = fs::read_to_string(self.boot_dir().join(record_name(ip))).ok()?;
+        serde_json::from_str(&s).ok()
+    }
+
+    /// The record of a reservation we just made (the current boot), best effort: a
+    /// reservation without a record is only of unknown boot, left to GC.
+    fn record_new(&mut self, ip: IpAddr, key: &str, netns: Option<&str>) {
+        let Some(boot) = self.store.boot.clone() else {
+            return;
         };
-        Stamp::of(self.dir()).is_ok_and(|now| now == recorded)
+        let ip = ip.to_string();
+        let written = (|| -> Result<()> {
+            let id = FileId::of(&self.dir().join(&ip))
+                .ok_or_else(|| anyhow!("reservation {ip} vanished"))?;
+            let rec = BootRecord {
+                boot,
+                key: key.to_string(),
+                id,
+                netns: netns.filter(|n| !n.is_empty()).map(str::to_string),
+                adopted: false,
+            };
+            let bdir = self.ensure_boot_dir()?;
+            write_atomic(&bdir.join(record_name(&ip)), &serde_json::to_string(&rec)?)
+        })();
+        if let Err(e) = written {
+            eprintln!("host-local: no boot record for {ip} (it will be left to GC): {e:#}");
+        }
+    }
+
+    /// Drop the record of a top-level reservation file that is gone (a record of a file
+    /// in a subdirectory would be another file's).
+    fn forget_record(&self, path: &Path) {
+        if path.parent() == Some(self.dir()) {
+            if let Some(name) = path.file_name() {
+                let _ = fs::remove_file(self.boot_dir().join(record_name(&name.to_string_lossy())));
+            }
+        }
     }
 
     /// Before our first change: from now until the new stamp, the index is untrusted.
@@ -410,6 +698,29 @@ impl Locked<'_> {
                 scan.temps.push((e.path(), tmp_pid(&name)));
             } else if name != STAMP {
                 entries.insert(name, e.path());
+            }
+        }
+        // Records whose reservation is gone (released by Go, or by a runtime's rm);
+        // temp files of the records' writers are reclaimed like the others.
+        let top: HashSet<String> = scan
+            .reservations
+            .values()
+            .flatten()
+            .filter(|p| p.parent() == Some(self.dir()))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        if let Ok(rd) = fs::read_dir(self.boot_dir()) {
+            for e in rd {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TMP_RESERVE) || name.starts_with(TMP_WRITE) {
+                    scan.temps.push((e.path(), tmp_pid(&name)));
+                } else if !name
+                    .strip_suffix(BOOT_SUFFIX)
+                    .is_some_and(|ip| top.contains(ip))
+                {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
         for (path, pid) in &scan.temps {
@@ -501,6 +812,19 @@ impl Locked<'_> {
 
     /// Reserve `ip` for the attachment; `Ok(false)` if it is taken.
     pub fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_id: usize) -> Result<bool> {
+        self.reserve_in(id, ifname, None, ip, range_id)
+    }
+
+    /// [`Locked::reserve`], recording the container's netns path (`CNI_NETNS`) in the
+    /// boot record: reclamation never takes an address whose netns still exists.
+    pub fn reserve_in(
+        &mut self,
+        id: &str,
+        ifname: &str,
+        netns: Option<&str>,
+        ip: IpAddr,
+        range_id: usize,
+    ) -> Result<bool> {
         let content = key(id, ifname);
         let mut paths = self.lookup(&content)?;
         self.unstamp()?;
@@ -511,13 +835,19 @@ impl Locked<'_> {
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Only our temp file came and went: the index is still exact, and a
+                // new stamp spares the next call a scan after an exhausted range.
+                self.need_stamp = true;
+                return Ok(false);
+            }
             Err(e) => {
                 return Err(e).with_context(|| format!("failed to reserve {}", name.display()))
             }
         }
         paths.push(name);
         self.known.insert(content.clone(), paths);
+        self.record_new(ip, &content, netns);
         self.dirty.insert(content);
         write_atomic(
             &self.dir().join(format!("last_reserved_ip.{range_id}")),
@@ -563,9 +893,12 @@ impl Locked<'_> {
         let mut errs = Vec::new();
         let mut left = Vec::new();
         for p in paths {
-            if let Err(e) = remove(&p) {
-                errs.push(format!("{e:#}"));
-                left.push(p);
+            match remove(&p) {
+                Ok(()) => self.forget_record(&p),
+                Err(e) => {
+                    errs.push(format!("{e:#}"));
+                    left.push(p);
+                }
             }
         }
         self.known.insert(content.to_string(), left);
@@ -586,23 +919,124 @@ impl Locked<'_> {
     }
 
     /// GC: release every reservation whose attachment is not in `valid` (a legacy bare
-    /// id is kept while its container has any valid attachment) and every temp file (no
-    /// writer can be at work while we hold the lock). Returns how many reservations went.
-    pub fn gc(&mut self, valid: &[(String, String)]) -> Result<usize> {
+    /// id is kept while its container has any valid attachment), whatever its boot, and
+    /// every temp file (no writer can be at work while we hold the lock), and drop the
+    /// records that no longer describe their file. Returns what went.
+    pub fn gc(&mut self, valid: &[(String, String)]) -> Result<Vec<Removed>> {
         self.rescan(true)?;
-        let mut n = 0;
-        let contents: Vec<String> = self.known.keys().cloned().collect();
+        let mut out = Vec::new();
+        let mut contents: Vec<String> = self.known.keys().cloned().collect();
+        contents.sort();
         for content in contents {
             let keep = match content.split_once("\r\n") {
                 Some((id, ifname)) => valid.iter().any(|(c, i)| c == id && i == ifname),
                 None => valid.iter().any(|(c, _)| *c == content),
             };
             if !keep {
-                n += self.lookup(&content)?.len();
+                let paths = self.lookup(&content)?;
                 self.release_content(&content)?;
+                out.extend(paths.into_iter().map(|path| Removed {
+                    path,
+                    key: content.clone(),
+                    boot: None,
+                }));
             }
         }
-        Ok(n)
+        self.sweep_records()?;
+        Ok(out)
+    }
+
+    /// Remove every record that does not describe its reservation file as it is.
+    fn sweep_records(&mut self) -> Result<()> {
+        let bdir = self.boot_dir();
+        let rd = match fs::read_dir(&bdir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", bdir.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let valid = name.strip_suffix(BOOT_SUFFIX).is_some_and(|ip| {
+                self.record(ip)
+                    .is_some_and(|r| FileId::of(&self.dir().join(ip)).is_some_and(|id| id == r.id))
+            });
+            if !valid {
+                remove(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reclaim the reservations that outlived their containers: a record of an earlier
+    /// boot than the current one, still describing its file (same inode and ctime, same
+    /// content), whose netns (when recorded) no longer exists. A reservation of the
+    /// current boot, of unknown boot (no valid record), or of a live netns is never
+    /// touched. Records that describe nothing any more are dropped on the way. Called
+    /// when an ADD finds its range exhausted (O(reservations), like the reference's
+    /// every call).
+    pub fn reclaim_stale(&mut self) -> Result<Vec<Removed>> {
+        let Some(now) = self.store.boot.clone() else {
+            return Ok(vec![]);
+        };
+        let bdir = self.boot_dir();
+        let rd = match fs::read_dir(&bdir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", bdir.display())),
+        };
+        let mut names: Vec<String> = Vec::new();
+        for e in rd {
+            names.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let Some(ip) = name
+                .strip_suffix(BOOT_SUFFIX)
+                .filter(|ip| ip.parse::<IpAddr>().is_ok())
+            else {
+                continue;
+            };
+            let path = self.dir().join(ip);
+            let Some(rec) = self.record(ip) else {
+                remove(&bdir.join(&name))?;
+                continue;
+            };
+            if FileId::of(&path).as_ref() != Some(&rec.id) {
+                remove(&bdir.join(&name))?;
+                continue;
+            }
+            if rec.boot == now || rec.netns.as_deref().is_some_and(netns_alive) {
+                continue;
+            }
+            let content = match fs::read_to_string(&path) {
+                Ok(c) => c.trim().to_string(),
+                Err(_) => continue,
+            };
+            if content != rec.key {
+                continue;
+            }
+            self.remove_reservation(&content, &path)?;
+            out.push(Removed {
+                path,
+                key: content,
+                boot: Some(rec.boot),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Remove one reservation file of `content`, keeping the index exact.
+    fn remove_reservation(&mut self, content: &str, path: &Path) -> Result<()> {
+        let mut paths = self.lookup(content)?;
+        self.unstamp()?;
+        remove(path)?;
+        self.forget_record(path);
+        paths.retain(|p| p != path);
+        self.known.insert(content.to_string(), paths);
+        self.dirty.insert(content.to_string());
+        Ok(())
     }
 
     /// Write the changed index entries and a new stamp. Called on drop.
@@ -642,7 +1076,8 @@ impl Locked<'_> {
         File::open(self.dir())
             .and_then(|d| d.set_times(FileTimes::new().set_modified(sentinel)))
             .with_context(|| format!("failed to set the mtime of {}", self.dir().display()))?;
-        let stamp = Stamp::of(self.dir())?;
+        let mut stamp = Stamp::of(self.dir())?;
+        stamp.boot = self.store.boot.clone();
         write_atomic(&idx.join(STAMP), &serde_json::to_string(&stamp)?)?;
         self.need_stamp = false;
         self.unstamped = false;
@@ -715,6 +1150,35 @@ mod tests {
         l.release("c1", "eth0").unwrap();
         drop(l);
         assert!(!d.join("net/old/10.1.2.7").exists());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn boot_records_never_read_as_reservations() {
+        // What the reference's DEL and GetByID compare (trimmed content against
+        // `id\r\nifname` and the bare id; the name parsed as an address) can never match a
+        // record, whatever the id and ifname.
+        let d = tmpdir("record");
+        let store = Store::open(&d, "net").unwrap();
+        let mut l = store.lock().unwrap();
+        let ip: IpAddr = "10.1.2.2".parse().unwrap();
+        assert!(l
+            .reserve_in("c1", "eth0", Some("/run/netns/x"), ip, 0)
+            .unwrap());
+        drop(l);
+        let name = record_name(&ip.to_string());
+        assert!(name.parse::<IpAddr>().is_err());
+        let text = fs::read_to_string(d.join("net").join(BOOT_DIR).join(&name)).unwrap();
+        let trimmed = text.trim();
+        assert!(trimmed.starts_with('{'), "{text}");
+        assert!(!text.contains(['\r', '\n']), "{text:?}");
+        assert_ne!(trimmed, key("c1", "eth0"));
+        let rec: BootRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(rec.key, "c1\r\neth0");
+        assert_eq!(rec.netns.as_deref(), Some("/run/netns/x"));
+        assert_eq!(rec.boot, current_boot().unwrap());
+        // Our own scan does not take the records' directory for a legacy layout.
+        assert!(store.lock().unwrap().indexed());
         let _ = fs::remove_dir_all(&d);
     }
 
