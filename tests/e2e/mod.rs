@@ -182,7 +182,10 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Some(st) = sb.outer.try_wait().unwrap() {
-                panic!("the sandbox exited ({st}) before it was ready:\n{}", sb.log_text());
+                panic!(
+                    "the sandbox exited ({st}) before it was ready:\n{}",
+                    sb.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -214,9 +217,13 @@ impl Sandbox {
     /// `argv` inside the sandbox (its mounts, network and PID namespaces).
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("timeout");
-        c.args(["--kill-after=5", &CMD_TIMEOUT.as_secs().to_string(), "nsenter"])
-            .args(["-t", &self.init.to_string(), "-m", "-n", "-p", "--"])
-            .args(argv);
+        c.args([
+            "--kill-after=5",
+            &CMD_TIMEOUT.as_secs().to_string(),
+            "nsenter",
+        ])
+        .args(["-t", &self.init.to_string(), "-m", "-n", "-p", "--"])
+        .args(argv);
         c
     }
 
