@@ -196,24 +196,20 @@ fn ctr_run_rm_with_the_reference_plugins_leaks_the_masquerade_rule() {
     std::fs::remove_dir_all(&bin).unwrap();
     std::fs::create_dir(&bin).unwrap();
     let oracle = oracle_dir();
-    for p in ["bridge", "host-local", "portmap", "firewall", "tuning", "loopback"] {
+    for p in [
+        "bridge",
+        "host-local",
+        "portmap",
+        "firewall",
+        "tuning",
+        "loopback",
+    ] {
         std::os::unix::fs::symlink(oracle.join(p), bin.join(p)).unwrap();
     }
     let c = Containerd::start(&host, &dir);
 
     let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--cni",
-        IMAGE,
-        "c1",
-        "ip",
-        "-4",
-        "-o",
-        "addr",
-        "show",
-        "dev",
-        "eth0",
+        "run", "--rm", "--cni", IMAGE, "c1", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
     ]);
     let ip1 = inet_of(&out);
     assert_eq!(reservations(&c.host_local_dir()), Vec::<String>::new());
