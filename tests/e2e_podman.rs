@@ -254,3 +254,106 @@ fn podman_run_rm_publish_port_then_nothing_left() {
     assert!(results.is_empty(), "libcni result cache left: {results:?}");
     assert_eq!(p.podman(&["ps", "-a", "-q"]).trim(), "");
 }
+
+/// The host's firewall rules as a sorted list of lines, without counters (`-A` lines of
+/// iptables-save and ip6tables-save, `nft -s list ruleset`): the same rules compare equal
+/// whatever order their chains were created in.
+fn rules(host: &Netns) -> Vec<String> {
+    let ipt = [host.run(&["iptables-save"]), host.run(&["ip6tables-save"])];
+    let nft = host.run(&["nft", "-s", "list", "ruleset"]);
+    let mut v: Vec<String> = ipt
+        .iter()
+        .flat_map(|t| t.lines().filter(|l| l.starts_with("-A")))
+        .chain(nft.lines().map(str::trim).filter(|l| !l.is_empty()))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn podman_static_ip_and_mac_survive_restart_and_rm_leaves_nothing() {
+    let host = Netns::new("h");
+    let dir = temp_dir("podst");
+    let p = Podman::start(&host, &dir);
+    p.podman(&["network", "create", "--subnet", SUBNET, NET]);
+    let conf: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("net.d").join(format!("{NET}.conflist"))).unwrap(),
+    )
+    .unwrap();
+    let bridge = conf["plugins"][0]["bridge"].as_str().unwrap().to_string();
+
+    const IP: &str = "10.89.7.42";
+    const MAC: &str = "02:42:0a:59:07:2a";
+    p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "st",
+        "--network",
+        NET,
+        "--cgroup-parent",
+        &p.cgroup,
+        "--ip",
+        IP,
+        "--mac-address",
+        MAC,
+        IMAGE,
+        "sleep",
+        "100000",
+    ]);
+    let check = |when: &str| {
+        let a = p.podman(&["exec", "st", "ip", "-o", "addr", "show", "dev", "eth0"]);
+        assert!(
+            a.contains(&format!("inet {IP}/24")),
+            "{when}: eth0 of st: {a}"
+        );
+        let l = p.podman(&["exec", "st", "ip", "-o", "link", "show", "dev", "eth0"]);
+        assert!(
+            l.contains(&format!("link/ether {MAC}")),
+            "{when}: eth0 of st: {l}"
+        );
+        assert_eq!(
+            reservations(&p.host_local_dir()),
+            vec![IP.to_string()],
+            "{when}"
+        );
+        let veths = bridge_ports(&host, &bridge);
+        assert_eq!(veths.len(), 1, "{when}: veths on {bridge}: {veths:?}");
+        (rules(&host), veths)
+    };
+    let (before, veth_before) = check("after run");
+    assert!(
+        before.iter().any(|r| r.contains(IP)),
+        "no rule for {IP}: {before:#?}"
+    );
+
+    // restart = DEL then ADD of the same container id: a new veth (random name) replaces
+    // the old one; the same rules, the same single reservation.
+    p.podman(&["restart", "-t", "0", "st"]);
+    let (after, veth_after) = check("after restart");
+    assert_ne!(
+        veth_before, veth_after,
+        "podman restart kept the veth: no DEL/ADD?"
+    );
+    assert_eq!(before, after, "rules differ after podman restart");
+
+    p.podman(&["rm", "-f", "-t", "0", "st"]);
+    assert_eq!(
+        reservations(&p.host_local_dir()),
+        Vec::<String>::new(),
+        "host-local reservations left after podman rm"
+    );
+    let fw = firewall(&host);
+    assert!(
+        !fw.contains(IP),
+        "{IP} still in the firewall after podman rm:\n{fw}"
+    );
+    assert_eq!(
+        bridge_ports(&host, &bridge),
+        Vec::<String>::new(),
+        "veths left"
+    );
+    let results = common::tree(&dir.join("cni/results"));
+    assert!(results.is_empty(), "libcni result cache left: {results:?}");
+}
