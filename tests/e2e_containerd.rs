@@ -129,8 +129,13 @@ fn bridge_ports(host: &Netns) -> Vec<String> {
         .collect()
 }
 
-/// A container that prints its eth0 address and stays until its stdin closes.
-const HOLD: &[&str] = &["sh", "-c", "ip -4 -o addr show dev eth0; read x || :"];
+/// A container that prints its eth0 address and the sysctl tuning set, then stays until
+/// its stdin closes.
+const HOLD: &[&str] = &[
+    "sh",
+    "-c",
+    "ip -4 -o addr show dev eth0; cat /proc/sys/net/ipv4/conf/eth0/accept_redirects; read x || :",
+];
 
 #[test]
 fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
@@ -142,6 +147,8 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     let mut c1 = c.run_bg("c1", HOLD);
     let ip1 = inet_of(&c1.line());
     assert!(ip1.starts_with("10.99.0."), "c1 got {ip1}");
+    // tuning ran last in the chain (a new interface starts with accept_redirects 1).
+    assert_eq!(c1.line(), "0", "accept_redirects of c1's eth0");
     assert_eq!(reservations(&c.host_local_dir()), vec![ip1.clone()]);
     let reserved = std::fs::read_to_string(c.host_local_dir().join(&ip1)).unwrap();
     assert!(
@@ -150,7 +157,7 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     );
     let fw = firewall(&host);
     assert!(
-        fw.contains(&format!("-s {ip1}/32")) && fw.contains(&c.cni_id("c1")),
+        fw.contains(&ip1) && fw.contains(&c.cni_id("c1")),
         "no masquerade/firewall rule for c1 ({ip1}) while it runs:\n{fw}"
     );
     assert_eq!(bridge_ports(&host).len(), 1, "c1's veth on {BRIDGE}");
@@ -215,7 +222,7 @@ fn ctr_run_rm_with_the_reference_plugins_leaks_the_masquerade_rule() {
     assert_eq!(reservations(&c.host_local_dir()), Vec::<String>::new());
     let fw = firewall(&host);
     assert!(
-        fw.contains(&format!("-s {ip1}/32")) && fw.contains(&c.cni_id("c1")),
+        fw.contains(&ip1) && fw.contains(&c.cni_id("c1")),
         "expected the reference to leak c1's masquerade rule ({ip1}):\n{fw}"
     );
 }
