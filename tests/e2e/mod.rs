@@ -298,15 +298,18 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // SIGKILL the init: the kernel then kills every process of its PID namespace
         // (daemons, shims, containers) before unshare's wait returns; the private mounts
-        // go with the last of them.
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.init.to_string()])
-            .status();
-        // unshare reaps the init and exits; kill it only if it does not (it would
-        // leave the init a zombie).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.outer.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        // go with the last of them. unshare reaps the init and exits; it is killed below
+        // only if it does not (killing it first would leave the init a zombie). init is
+        // 0 only if start failed before finding it (`kill 0` would hit our own process
+        // group): then killing unshare takes its child along (--kill-child).
+        if self.init != 0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.init.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.outer.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         let _ = self.outer.kill();
         let _ = self.outer.wait();
