@@ -4,10 +4,13 @@
 #   /etc/cni/net.d -> DIR/net.d   /opt/cni/bin -> DIR/bin   /var/lib/cni -> DIR/cni
 #   /run           -> a fresh tmpfs (containerd's shim sockets, runc's state, podman's
 #                     netns files and locks live and die with the namespace)
+#   /sys           -> a sysfs of the current network namespace, the machine's cgroup
+#                     hierarchies kept below it
 # The caller enters the test's host network namespace first (nsenter --net, not
-# `ip netns exec`, which would drop the cgroup mounts). Start this as the first process of new mount and PID namespaces (the caller's
-# `unshare --mount --pid --fork --kill-child --mount-proc --propagation private`), so
-# that everything it starts, and every mount below, is gone once that process dies.
+# `ip netns exec`, which would drop the cgroup mounts runc needs), then starts this as
+# the first process of new mount and PID namespaces (`unshare --mount --pid --fork
+# --kill-child --mount-proc --propagation private`), so that everything it starts, and
+# every mount below, is gone once that process dies.
 #   sandbox.sh DIR CMD...
 set -eu
 dir=$1
