@@ -1,7 +1,8 @@
 //! containerd end to end: Debian's containerd 1.6 and `ctr run --cni` against a
-//! directory of cnibox links, with a bridge + host-local → portmap → firewall → tuning
-//! conflist. A container gets an address, a second container pings it, and `ctr run
-//! --rm` releases the address and every rule, although ctr sends that DEL with an empty
+//! directory of cnibox links, with a dual-stack bridge + host-local → portmap → firewall
+//! → tuning conflist. A container gets an IPv4 and an IPv6 address and the tuned sysctl,
+//! other containers ping it on both, and `ctr run --rm` releases the addresses and every
+//! rule (iptables, ip6tables, nftables), although ctr sends that DEL with an empty
 //! `CNI_NETNS` (the Go reference plugins leak the masquerade rule there: the second
 //! test shows it on the same setup).
 //!
@@ -45,8 +46,8 @@ impl Containerd {
                 "name": NET,
                 "plugins": [
                     {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
-                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]],
-                              "routes": [{"dst": "0.0.0.0/0"}]}},
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd99::/64"}]],
+                              "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
                     {"type": "portmap", "capabilities": {"portMappings": true}},
                     {"type": "firewall"},
                     {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_redirects": "0"}}
@@ -129,13 +130,27 @@ fn bridge_ports(host: &Netns) -> Vec<String> {
         .collect()
 }
 
-/// A container that prints its eth0 address and the sysctl tuning set, then stays until
-/// its stdin closes.
+/// A container that prints its eth0 addresses (IPv4, then global IPv6) and the sysctl
+/// tuning set, then stays until its stdin closes.
 const HOLD: &[&str] = &[
     "sh",
     "-c",
-    "ip -4 -o addr show dev eth0; cat /proc/sys/net/ipv4/conf/eth0/accept_redirects; read x || :",
+    "ip -4 -o addr show dev eth0; ip -6 -o addr show dev eth0 scope global; \
+     cat /proc/sys/net/ipv4/conf/eth0/accept_redirects; read x || :",
 ];
+
+/// The IPv6 address in a line of `ip -6 -o addr show` ("2: eth0    inet6 fd99::2/64 ...").
+fn inet6_of(line: &str) -> String {
+    let mut w = line.split_whitespace();
+    while let Some(t) = w.next() {
+        if t == "inet6" {
+            if let Some(cidr) = w.next() {
+                return cidr.split('/').next().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no inet6 address in {line:?}");
+}
 
 #[test]
 fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
@@ -147,9 +162,13 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     let mut c1 = c.run_bg("c1", HOLD);
     let ip1 = inet_of(&c1.line());
     assert!(ip1.starts_with("10.99.0."), "c1 got {ip1}");
+    let ip6 = inet6_of(&c1.line());
+    assert!(ip6.starts_with("fd99::"), "c1 got {ip6}");
     // tuning ran last in the chain (a new interface starts with accept_redirects 1).
     assert_eq!(c1.line(), "0", "accept_redirects of c1's eth0");
-    assert_eq!(reservations(&c.host_local_dir()), vec![ip1.clone()]);
+    let mut both = vec![ip1.clone(), ip6.clone()];
+    both.sort();
+    assert_eq!(reservations(&c.host_local_dir()), both);
     let reserved = std::fs::read_to_string(c.host_local_dir().join(&ip1)).unwrap();
     assert!(
         reserved.starts_with(&c.cni_id("c1")),
@@ -157,8 +176,8 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     );
     let fw = firewall(&host);
     assert!(
-        fw.contains(&ip1) && fw.contains(&c.cni_id("c1")),
-        "no masquerade/firewall rule for c1 ({ip1}) while it runs:\n{fw}"
+        fw.contains(&ip1) && fw.contains(&ip6) && fw.contains(&c.cni_id("c1")),
+        "no masquerade/firewall rules for c1 ({ip1}, {ip6}) while it runs:\n{fw}"
     );
     assert_eq!(bridge_ports(&host).len(), 1, "c1's veth on {BRIDGE}");
     let gw = host.ip_json(&["-4", "addr", "show", "dev", BRIDGE]);
@@ -169,6 +188,10 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
         "run", "--rm", "--cni", IMAGE, "c2", "ping", "-c", "1", "-W", "5", &ip1,
     ]);
     assert!(out.contains("1 packets received"), "c2 ping {ip1}: {out}");
+    let out = c.ctr(&[
+        "run", "--rm", "--cni", IMAGE, "c3", "ping6", "-c", "1", "-W", "5", &ip6,
+    ]);
+    assert!(out.contains("1 packets received"), "c3 ping6 {ip6}: {out}");
 
     // c1 exits; ctr's --rm DEL comes with CNI_NETNS="" (the task is gone).
     c1.finish();
@@ -179,7 +202,15 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
         "host-local reservations left after --rm"
     );
     let fw = firewall(&host);
-    for leftover in [ip1.as_str(), &c.cni_id("c1"), &c.cni_id("c2"), "10.99.0."] {
+    for leftover in [
+        ip1.as_str(),
+        ip6.as_str(),
+        &c.cni_id("c1"),
+        &c.cni_id("c2"),
+        &c.cni_id("c3"),
+        "10.99.0.",
+        "fd99:",
+    ] {
         assert!(
             !fw.contains(leftover),
             "{leftover} still in the firewall after ctr run --rm:\n{fw}"
