@@ -257,3 +257,45 @@ fn ctr_run_rm_with_the_reference_plugins_leaks_the_masquerade_rule() {
         "expected the reference to leak c1's masquerade rule ({ip1}):\n{fw}"
     );
 }
+
+/// The harness itself: a sandbox dropped while a container runs (as when a test fails
+/// half-way) leaves no process, cgroup, mount or temp file on the machine.
+#[test]
+fn sandbox_dropped_mid_run_leaves_nothing_behind() {
+    let host = Netns::new("h");
+    let dir = temp_dir("ctrdrop");
+    let c = Containerd::start(&host, &dir);
+    // A sleep no other process on the machine runs (the container's own PID namespace
+    // hides it from the sandbox's, so it is found by its command line).
+    let sleep = ["sleep", "4242427"];
+    c.ctr(&["run", "-d", "--cni", IMAGE, "c1", sleep[0], sleep[1]]);
+    assert!(c.ctr(&["tasks", "ls"]).contains("RUNNING"));
+
+    let pidns = std::fs::read_link(format!("/proc/{}/ns/pid", c.sb.init))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // containerd and the shim.
+    let procs = pids_in_pidns(&pidns);
+    assert!(procs.len() >= 2, "processes in the sandbox: {procs:?}");
+    assert_eq!(pids_with_cmdline(&sleep).len(), 1, "the container's sleep");
+    assert!(!cgroup_dirs(&c.ns).is_empty(), "runc made no cgroup for c1");
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir_s = dir.display().to_string();
+    assert!(
+        !mountinfo().contains(&dir_s),
+        "the sandbox's mounts leaked into the test's mount namespace"
+    );
+
+    let ns = c.ns.clone();
+    drop(c);
+    assert_eq!(pids_in_pidns(&pidns), Vec::<u32>::new(), "processes left");
+    assert_eq!(
+        pids_with_cmdline(&sleep),
+        Vec::<u32>::new(),
+        "container left"
+    );
+    assert_eq!(cgroup_dirs(&ns), Vec::<PathBuf>::new(), "cgroups left");
+    assert!(!dir.exists(), "temp dir left: {dir_s}");
+    assert!(!mountinfo().contains(&dir_s), "mounts left");
+}

@@ -99,7 +99,7 @@ pub fn build_image(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Everything under /sys/fs/cgroup/<controller>/<name>, deepest first.
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         if let Ok(rd) = std::fs::read_dir(d) {
             for e in rd.flatten() {
@@ -400,4 +400,41 @@ pub fn inet_of(line: &str) -> String {
         }
     }
     panic!("no inet address in {line:?}");
+}
+
+/// The pids (as the test sees them) of every process in the PID namespace `ns`
+/// (a `/proc/<pid>/ns/pid` link target such as "pid:[4026532301]").
+pub fn pids_in_pidns(ns: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process that exits during the scan is simply not there any more.
+        if let Ok(l) = std::fs::read_link(e.path().join("ns/pid")) {
+            if l.to_string_lossy() == ns {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// The pids of processes whose command line is exactly `argv`.
+pub fn pids_with_cmdline(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process that exits during the scan is simply not there any more.
+        if std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want) {
+            v.push(pid);
+        }
+    }
+    v
 }
