@@ -139,19 +139,6 @@ const HOLD: &[&str] = &[
      cat /proc/sys/net/ipv4/conf/eth0/accept_redirects; read x || :",
 ];
 
-/// The IPv6 address in a line of `ip -6 -o addr show` ("2: eth0    inet6 fd99::2/64 ...").
-fn inet6_of(line: &str) -> String {
-    let mut w = line.split_whitespace();
-    while let Some(t) = w.next() {
-        if t == "inet6" {
-            if let Some(cidr) = w.next() {
-                return cidr.split('/').next().unwrap().to_string();
-            }
-        }
-    }
-    panic!("no inet6 address in {line:?}");
-}
-
 #[test]
 fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     let host = Netns::new("h");

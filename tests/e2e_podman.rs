@@ -1,9 +1,12 @@
 //! podman end to end: Debian's podman 4.3 with its CNI backend and `cni_plugin_dirs`
 //! pointing at a directory of cnibox links. `podman network create` writes podman's own
-//! conflist (bridge → portmap → firewall → tuning); `podman run --rm -p` gets an
-//! address, the published port answers from the test's host netns and from a client
-//! netns behind it, a second container reaches the first, and once the container exits
-//! nothing is left: no reservation, rule, veth or cached result.
+//! conflist (bridge → portmap → firewall → tuning); `podman run --rm -p` on a dual-stack
+//! network gets an IPv4 and an IPv6 address, the published port answers from the test's
+//! host netns and from a client netns behind it, a second container reaches the first on
+//! both families, and once the container exits nothing is left: no reservation, rule,
+//! veth or cached result. A second test: `--ip`/`--mac-address` are honoured, `podman
+//! restart` swaps the veth and keeps the same rules and reservation, `podman rm` leaves
+//! nothing.
 //!
 //! Hermetic: podman (private config, storage under the temp dir with the vfs driver,
 //! runroot and locks on the sandbox's own /run), conmon, runc and the containers run in
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 const IMAGE: &str = "localhost/cnibox-e2e:latest";
 const NET: &str = "cbxnet";
 const SUBNET: &str = "10.89.7.0/24";
+const SUBNET6: &str = "fd89::/64";
 /// The host's address on the link to the client netns, and the published port.
 const HOST_IP: &str = "198.51.100.1";
 const CLIENT_IP: &str = "198.51.100.2";
@@ -183,7 +187,9 @@ fn podman_run_rm_publish_port_then_nothing_left() {
     let p = Podman::start(&host, &dir);
 
     // podman writes its default-style conflist for the network.
-    p.podman(&["network", "create", "--subnet", SUBNET, NET]);
+    p.podman(&[
+        "network", "create", "--subnet", SUBNET, "--subnet", SUBNET6, NET,
+    ]);
     let conf: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("net.d").join(format!("{NET}.conflist"))).unwrap(),
     )
@@ -202,13 +208,18 @@ fn podman_run_rm_publish_port_then_nothing_left() {
     let publish = format!("{HOST_IP}:{HOST_PORT}:8080");
     let script = format!(
         "echo {TOKEN} >/www/index.html && httpd -p 8080 -h /www && \
-         ip -4 -o addr show dev eth0 && read x; exit 0"
+         ip -4 -o addr show dev eth0 && ip -6 -o addr show dev eth0 scope global && \
+         read x; exit 0"
     );
     let web_args = p.run_args(&["-i", "-p", &publish, IMAGE, "sh", "-c", &script]);
     let mut web = p.sb.spawn(&p.argv(&web_args));
     let ip = inet_of(&web.line());
+    let ip6 = inet6_of(&web.line());
+    assert!(ip6.starts_with("fd89::"), "web got {ip6}");
     assert!(ip.starts_with("10.89.7."), "web got {ip}");
-    assert_eq!(reservations(&p.host_local_dir()), vec![ip.clone()]);
+    let mut both = vec![ip.clone(), ip6.clone()];
+    both.sort();
+    assert_eq!(reservations(&p.host_local_dir()), both);
     let fw = firewall(&host);
     assert!(
         fw.contains(&format!("--to-destination {ip}:8080")) || fw.contains(&format!("{ip} . 8080")),
@@ -225,10 +236,14 @@ fn podman_run_rm_publish_port_then_nothing_left() {
     assert_eq!(http_get(&host, &url).trim(), TOKEN);
     assert_eq!(http_get(&client, &url).trim(), TOKEN);
 
-    // A second container reaches the first directly over the bridge.
-    let direct = format!("http://{ip}:8080/");
-    let get = p.run_args(&[IMAGE, "wget", "-q", "-O", "-", &direct]);
-    assert_eq!(p.podman(&get).trim(), TOKEN);
+    // A second container reaches the first directly over the bridge, on both families.
+    for direct in [
+        format!("http://{ip}:8080/"),
+        format!("http://[{ip6}]:8080/"),
+    ] {
+        let get = p.run_args(&[IMAGE, "wget", "-q", "-O", "-", &direct]);
+        assert_eq!(p.podman(&get).trim(), TOKEN, "GET {direct}");
+    }
 
     // web exits; podman --rm tears its network down.
     web.finish();
@@ -239,7 +254,14 @@ fn podman_run_rm_publish_port_then_nothing_left() {
         "host-local reservations left"
     );
     let fw = firewall(&host);
-    for leftover in [ip.as_str(), "10.89.7.", HOST_PORT, "CNI-DN-"] {
+    for leftover in [
+        ip.as_str(),
+        ip6.as_str(),
+        "10.89.7.",
+        "fd89:",
+        HOST_PORT,
+        "CNI-DN-",
+    ] {
         assert!(
             !fw.contains(leftover),
             "{leftover} still in the firewall after the containers exited:\n{fw}"

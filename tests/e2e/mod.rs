@@ -402,6 +402,19 @@ pub fn inet_of(line: &str) -> String {
     panic!("no inet address in {line:?}");
 }
 
+/// The IPv6 address in a line of `ip -6 -o addr show` ("2: eth0    inet6 fd99::2/64 ...").
+pub fn inet6_of(line: &str) -> String {
+    let mut w = line.split_whitespace();
+    while let Some(t) = w.next() {
+        if t == "inet6" {
+            if let Some(cidr) = w.next() {
+                return cidr.split('/').next().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no inet6 address in {line:?}");
+}
+
 /// The pids (as the test sees them) of every process in the PID namespace `ns`
 /// (a `/proc/<pid>/ns/pid` link target such as "pid:[4026532301]").
 pub fn pids_in_pidns(ns: &str) -> Vec<u32> {
