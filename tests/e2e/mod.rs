@@ -29,12 +29,29 @@ pub fn unique(tag: &str) -> String {
     format!("cbx{}e2e{tag}", std::process::id())
 }
 
-/// The test's temp dir: `net.d`, `bin` (cnibox links), `cni` (the runtime's
+/// The test's temp dir, removed on drop (the sandbox removes it too, once its mounts
+/// are gone).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new temp dir with `net.d`, `bin` (cnibox links) and `cni` (the runtime's
 /// /var/lib/cni), all empty but `bin`.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(tag));
+pub fn temp_dir(tag: &str) -> TempDir {
+    let dir = TempDir(std::env::temp_dir().join(unique(tag)));
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&*dir).unwrap();
     }
     for sub in ["net.d", "bin", "cni"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
