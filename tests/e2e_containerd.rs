@@ -75,6 +75,7 @@ impl Containerd {
         let ns = unique("ctr");
         sb.owns_cgroup(&ns);
         let c = Containerd { sb, sock, ns };
+        c.sb.assert_machine_plugins_hidden();
         c.sb.run_until_ok(
             &["ctr", "--address", &c.sock, "version"],
             Duration::from_secs(30),

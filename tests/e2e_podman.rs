@@ -89,6 +89,7 @@ impl Podman {
             "cgroupfs".into(),
         ];
         let p = Podman { sb, prefix, cgroup };
+        p.sb.assert_machine_plugins_hidden();
         p.podman(&["load", "-i", image.to_str().unwrap()]);
         p
     }

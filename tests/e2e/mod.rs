@@ -222,6 +222,17 @@ impl Sandbox {
         sb
     }
 
+    /// Check that the machine's plugin dirs show nothing inside the sandbox (so the
+    /// runtime can only have run the plugins the test gave it).
+    pub fn assert_machine_plugins_hidden(&self) {
+        for d in ["/usr/lib/cni", "/usr/libexec/cni", "/usr/local/lib/cni"] {
+            if Path::new(d).is_dir() {
+                let inside = self.run(&["find", d, "-mindepth", "1"]);
+                assert_eq!(inside, "", "{d} is not hidden in the sandbox");
+            }
+        }
+    }
+
     /// Remove /sys/fs/cgroup/*/`name` (and below) when the sandbox is dropped.
     pub fn owns_cgroup(&mut self, name: &str) {
         self.cgroups.push(name.to_string());

@@ -4,6 +4,7 @@
 #   /etc/cni/net.d -> DIR/net.d   /opt/cni/bin -> DIR/bin   /var/lib/cni -> DIR/cni
 #   /run           -> a fresh tmpfs (containerd's shim sockets, runc's state, podman's
 #                     netns files and locks live and die with the namespace)
+#   /usr/lib/cni and the other usual plugin dirs -> empty
 #   /sys           -> a sysfs of the current network namespace, the machine's cgroup
 #                     hierarchies kept below it
 # The caller enters the test's host network namespace first (nsenter --net, not
@@ -43,5 +44,11 @@ mount -t tmpfs -o mode=755 tmpfs /run
 shadow /etc/cni/net.d "$dir/net.d"
 shadow /opt/cni/bin "$dir/bin"
 shadow /var/lib/cni "$dir/cni"
+# The machine's own plugin dirs (Debian's Go plugins live in /usr/lib/cni) are emptied,
+# so a runtime that ignored the test's plugin dir would find no plugin at all instead of
+# passing with somebody else's.
+for d in /usr/lib/cni /usr/libexec/cni /usr/local/lib/cni /usr/local/libexec/cni; do
+    if [ -d "$d" ]; then mount -t tmpfs -o ro,mode=755 tmpfs "$d"; fi
+done
 : >"$dir/sandbox.ready"
 exec "$@"
