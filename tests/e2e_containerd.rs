@@ -146,13 +146,13 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     let dir = temp_dir("ctr");
     let c = Containerd::start(&host, &dir);
 
-    // c1 stays up; it prints the address the chain gave it.
+    // c1 stays up; it prints what the chain gave it.
     let mut c1 = c.run_bg("c1", HOLD);
     let ip1 = inet_of(&c1.line());
     assert!(ip1.starts_with("10.99.0."), "c1 got {ip1}");
     let ip6 = inet6_of(&c1.line());
     assert!(ip6.starts_with("fd99::"), "c1 got {ip6}");
-    // tuning ran last in the chain (a new interface starts with accept_redirects 1).
+    // tuning's sysctl reached the container (a new interface starts with 1).
     assert_eq!(c1.line(), "0", "accept_redirects of c1's eth0");
     let mut both = vec![ip1.clone(), ip6.clone()];
     both.sort();
@@ -171,7 +171,8 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
     let gw = host.ip_json(&["-4", "addr", "show", "dev", BRIDGE]);
     assert_eq!(gw[0]["addr_info"][0]["local"], "10.99.0.1", "{gw}");
 
-    // A second container reaches the first over the bridge, then is removed (--rm).
+    // A second and a third container reach the first over the bridge on IPv4 and IPv6,
+    // each removed by --rm.
     let out = c.ctr(&[
         "run", "--rm", "--cni", IMAGE, "c2", "ping", "-c", "1", "-W", "5", &ip1,
     ]);
