@@ -125,12 +125,12 @@ pub fn netlink(data: &[u8]) {
 }
 
 /// host-local's store reader: reservation files (`name\tcontent` lines of the first
-/// part), a scan that builds the index and its stamp, then every index entry rewritten
+/// part; a name `b:<file>` is a boot record `.cnibox-boot/<file>` instead), a scan that builds the index and its stamp, then every index entry rewritten
 /// in place with the second part (in place: the network directory's mtime is untouched,
 /// so the stamp still matches and the fuzzed entries are trusted), then the operations
-/// an ADD, CHECK, DEL and GC make. Runs in a fresh directory under /dev/shm.
+/// an ADD, CHECK, DEL, GC and a stale-reservation reclaim make. Runs in a fresh directory under /dev/shm.
 pub fn store(data: &[u8]) {
-    use cnibox::ipam::store::{Store, INDEX_DIR};
+    use cnibox::ipam::store::{Store, BOOT_DIR, INDEX_DIR};
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let mut parts = data.splitn(2, |&b| b == 0xff);
@@ -149,10 +149,15 @@ pub fn store(data: &[u8]) {
             continue;
         };
         let name = String::from_utf8_lossy(name);
+        let (dir, name) = match name.strip_prefix("b:") {
+            Some(rest) => (net.join(BOOT_DIR), rest.to_string()),
+            None => (net.clone(), name.to_string()),
+        };
         if name.is_empty() || name.contains('/') || name.starts_with('.') || name == "lock" {
             continue;
         }
-        let _ = std::fs::write(net.join(name.as_ref()), content);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(name), content);
     }
     let ops = |first: bool| {
         let Ok(store) = Store::open(&root, "net") else {
@@ -167,6 +172,7 @@ pub fn store(data: &[u8]) {
         if !first {
             let _ = l.reserve("ctr2", "eth0", "10.0.0.9".parse().expect("ip"), 0);
             let _ = l.release("ctr", "eth0");
+            let _ = l.reclaim_stale();
             let _ = l.gc(&[("ctr2".to_string(), "eth0".to_string())]);
         }
     };
