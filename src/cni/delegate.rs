@@ -6,6 +6,11 @@
 //! it runs in-process instead of being exec'd: through the same harness entry point with
 //! the same environment and stdin, so its checks, its output and its errors are exactly
 //! what an exec would produce, minus a fork/exec and a process start.
+//!
+//! Meta plugins (flannel, multinet) delegate whole attachments the same way, with their
+//! own config and interface name ([`Attachment`]). Every delegate sees the `CNI_*`
+//! variables of the call it serves (its [`Ctx`]), not the process's: an IPAM plugin run
+//! for a meta plugin's second interface must reserve under that interface's name.
 
 use crate::cni::skel::{self, Command, Ctx, Env, Kind};
 use crate::cni::types::CniResult;
@@ -80,14 +85,43 @@ struct Output {
     stderr: Vec<u8>,
 }
 
-struct OverrideEnv(Command);
+/// The environment a delegate sees: the call's `CNI_*` values (from its [`Ctx`]) with
+/// the command overridden; everything else from our process.
+struct DelegateEnv<'a> {
+    ctx: &'a Ctx,
+    cmd: Command,
+}
 
-impl Env for OverrideEnv {
+impl DelegateEnv<'_> {
+    /// The five attachment variables, `None` for any other name.
+    fn cni_var(&self, name: &str) -> Option<&str> {
+        Some(match name {
+            "CNI_CONTAINERID" => &self.ctx.container_id,
+            "CNI_NETNS" => &self.ctx.netns,
+            "CNI_IFNAME" => &self.ctx.ifname,
+            "CNI_ARGS" => &self.ctx.args,
+            "CNI_PATH" => &self.ctx.path,
+            _ => return None,
+        })
+    }
+}
+
+const CNI_VARS: [&str; 5] = [
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
+
+impl Env for DelegateEnv<'_> {
     fn var(&self, name: &str) -> String {
         if name == "CNI_COMMAND" {
-            self.0.as_str().to_string()
-        } else {
-            std::env::var(name).unwrap_or_default()
+            return self.cmd.as_str().to_string();
+        }
+        match self.cni_var(name) {
+            Some(v) => v.to_string(),
+            None => std::env::var(name).unwrap_or_default(),
         }
     }
 }
@@ -107,7 +141,8 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
     let path = find_in_path(name, &ctx.path)?;
     if std::env::var_os("CNIBOX_NO_INPROCESS").is_none() && is_self(&path) {
         if let Some(Kind::Plugin(p)) = skel::find_applet(name).map(|a| &a.kind) {
-            let out = skel::run(name, p, &OverrideEnv(cmd), &mut ctx.stdin.as_slice());
+            let env = DelegateEnv { ctx, cmd };
+            let out = skel::run(name, p, &env, &mut ctx.stdin.as_slice());
             return Ok(Output {
                 exit_ok: out.exit == 0,
                 stdout: out.stdout,
@@ -119,10 +154,18 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
 }
 
 fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
+    let env = DelegateEnv { ctx, cmd };
     let mut tries = 0;
     let mut child = loop {
-        let child = std::process::Command::new(path)
-            .env("CNI_COMMAND", cmd.as_str())
+        let mut command = std::process::Command::new(path);
+        command.env("CNI_COMMAND", cmd.as_str());
+        for var in CNI_VARS {
+            match env.cni_var(var) {
+                Some(v) if !v.is_empty() => command.env(var, v),
+                _ => command.env_remove(var),
+            };
+        }
+        let child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -257,4 +300,50 @@ pub fn status(ctx: &Ctx, name: &str) -> Result<()> {
 
 pub fn gc(ctx: &Ctx, name: &str) -> Result<()> {
     call(ctx, name, Command::Gc).map(|_| ())
+}
+
+/// One attachment run by a meta plugin: plugin `plugin` with config `config` on interface
+/// `ifname`, for the same container, netns and `CNI_ARGS` as the meta plugin's call.
+/// `path` is the `CNI_PATH` the delegate is looked up in and sees.
+pub struct Attachment<'a> {
+    pub plugin: &'a str,
+    pub config: Vec<u8>,
+    pub ifname: &'a str,
+    pub path: &'a str,
+}
+
+impl Attachment<'_> {
+    fn ctx(&self, parent: &Ctx, cmd: Command) -> Ctx {
+        let mut c = parent.for_delegate(cmd, self.plugin);
+        c.ifname = self.ifname.to_string();
+        c.path = self.path.to_string();
+        c.stdin = self.config.clone();
+        c
+    }
+
+    /// The delegate's version for parsing a result without its own `cniVersion`.
+    fn version(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.config)
+            .ok()
+            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "0.1.0".to_string())
+    }
+
+    /// ADD: the delegate's result in the 1.x model.
+    pub fn add(&self, parent: &Ctx) -> Result<CniResult> {
+        let stdout = call(&self.ctx(parent, Command::Add), self.plugin, Command::Add)?;
+        let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+            anyhow!(
+                "failed to parse the result of plugin {:?}: {e}",
+                self.plugin
+            )
+        })?;
+        CniResult::parse_any(&v, &self.version())
+            .with_context(|| format!("invalid result from plugin {:?}", self.plugin))
+    }
+
+    pub fn run(&self, parent: &Ctx, cmd: Command) -> Result<()> {
+        call(&self.ctx(parent, cmd), self.plugin, cmd).map(|_| ())
+    }
 }
