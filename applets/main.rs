@@ -13,6 +13,7 @@ mod bandwidth;
 mod bridge;
 mod dummy;
 mod firewall;
+mod flannel;
 #[path = "host-device.rs"]
 mod host_device;
 #[path = "host-local.rs"]
@@ -37,6 +38,7 @@ static APPLETS: &[Applet] = &[
     bridge::APPLET,
     dummy::APPLET,
     firewall::APPLET,
+    flannel::APPLET,
     host_device::APPLET,
     host_local::APPLET,
     ipvlan::APPLET,

@@ -403,7 +403,7 @@ fn read_response(conn: &mut Conn, max_body: usize) -> std::result::Result<Respon
         return Ok(Response { status, body });
     }
     if !te.is_empty() {
-        if te.split(',').map(str::trim).last() != Some("chunked") {
+        if te.rsplit(',').map(str::trim).next() != Some("chunked") {
             return bad(format!("unsupported Transfer-Encoding {te:?}"));
         }
         loop {
