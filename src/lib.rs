@@ -6,7 +6,8 @@
 //! - [`netlink`]: rtnetlink on neli's socket (links, addresses, routes, bridge ports);
 //! - [`netns`]: entering network namespaces safely;
 //! - [`sysctl`]: `/proc/sys` reads and writes;
-//! - [`error`]: the one CNI error type.
+//! - [`error`]: the one CNI error type;
+//! - [`libcni`]: the runtime side (load a network, run its plugin list, the result cache).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod fw;
 pub mod ipam;
 pub mod l3;
+pub mod libcni;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
