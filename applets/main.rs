@@ -21,6 +21,7 @@ mod host_local;
 mod ipvlan;
 mod loopback;
 mod macvlan;
+mod multinet;
 mod portmap;
 mod ptp;
 mod sbr;
@@ -44,6 +45,7 @@ static APPLETS: &[Applet] = &[
     ipvlan::APPLET,
     loopback::APPLET,
     macvlan::APPLET,
+    multinet::APPLET,
     portmap::APPLET,
     ptp::APPLET,
     sbr::APPLET,

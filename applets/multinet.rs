@@ -87,12 +87,10 @@ impl Conf {
             return Err(cni_err(Code::InvalidConfig, "\"confDir\" is missing"));
         }
         match (c.backend.is_empty(), &c.networks) {
-            (true, None) => {
-                return Err(cni_err(
-                    Code::InvalidConfig,
-                    "one of \"backend\" (an inventory URL) or \"networks\" (a fixed list) is required",
-                ))
-            }
+            (true, None) => return Err(cni_err(
+                Code::InvalidConfig,
+                "one of \"backend\" (an inventory URL) or \"networks\" (a fixed list) is required",
+            )),
             (false, Some(_)) => {
                 return Err(cni_err(
                     Code::InvalidConfig,
@@ -272,7 +270,9 @@ fn entries_from(list: &[Value], src: Source) -> Result<Vec<Entry>> {
         let master = match o.get("master") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(at(format!("\"master\" must be true or false, got {other}"))),
+            Some(other) => {
+                return Err(at(format!("\"master\" must be true or false, got {other}")))
+            }
         };
         let address = match string("podIp", false)? {
             None => None,
@@ -424,7 +424,10 @@ fn network_for(conf: &Conf, entry: &Entry) -> Result<Value> {
     let list = libcni::load(Path::new(&conf.conf_dir), &entry.network).map_err(|e| {
         cni_err(
             Code::InvalidConfig,
-            format!("network {:?} (\"confDir\": {:?}): {e:#}", entry.network, conf.conf_dir),
+            format!(
+                "network {:?} (\"confDir\": {:?}): {e:#}",
+                entry.network, conf.conf_dir
+            ),
         )
     })?;
     let mut plugins: Vec<Value> = list
@@ -513,7 +516,13 @@ fn save_state(path: &Path, s: &State) -> Result<()> {
     statefile::write_atomic(path, &serde_json::to_vec_pretty(s)?)
 }
 
-fn runtime_conf(ctx: &Ctx, conf: &Conf, container_id: &str, netns: &str, ifname: &str) -> RuntimeConf {
+fn runtime_conf(
+    ctx: &Ctx,
+    conf: &Conf,
+    container_id: &str,
+    netns: &str,
+    ifname: &str,
+) -> RuntimeConf {
     RuntimeConf {
         container_id: container_id.to_string(),
         netns: netns.to_string(),
@@ -616,8 +625,9 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
         });
         let rt = runtime_conf(ctx, &conf, &ctx.container_id, &ctx.netns, &e.ifname);
         let attached = save_state(&path, &state).and_then(|()| {
-            cni.add_list(&list, &rt)
-                .with_context(|| format!("failed to attach network {:?} as {}", e.network, e.ifname))
+            cni.add_list(&list, &rt).with_context(|| {
+                format!("failed to attach network {:?} as {}", e.network, e.ifname)
+            })
         });
         match attached {
             Ok(r) => {
@@ -633,9 +643,15 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
             }
             Err(err) => {
                 log.error(&format!("{}: {err:#}; rolling back", ctx.container_id));
-                if let Err(undo) =
-                    detach_all(ctx, &conf, &path, &mut state, &ctx.container_id, &ctx.netns, &log)
-                {
+                if let Err(undo) = detach_all(
+                    ctx,
+                    &conf,
+                    &path,
+                    &mut state,
+                    &ctx.container_id,
+                    &ctx.netns,
+                    &log,
+                ) {
                     return Err(err.context(format!("(rolling back also failed: {undo:#})")));
                 }
                 return Err(err);
@@ -655,7 +671,15 @@ fn del(ctx: &Ctx) -> Result<()> {
     let Some(mut state) = load_state(&path)? else {
         return Ok(());
     };
-    detach_all(ctx, &conf, &path, &mut state, &ctx.container_id, &ctx.netns, &log)
+    detach_all(
+        ctx,
+        &conf,
+        &path,
+        &mut state,
+        &ctx.container_id,
+        &ctx.netns,
+        &log,
+    )
 }
 
 fn check(ctx: &Ctx) -> Result<()> {
@@ -775,23 +799,74 @@ mod tests {
         for (body, code, want) in [
             ("<html>".to_string(), 6, "not JSON"),
             ("[1]".to_string(), 6, "expected an object"),
-            (r#"{"code":"0","data":[]}"#.to_string(), 6, "\"code\" must be an integer"),
-            (r#"{"code":0.5,"data":[]}"#.to_string(), 6, "\"code\" must be an integer"),
-            (r#"{"data":[]}"#.to_string(), 6, "\"code\" is missing"),
-            (r#"{"code":3,"message":"no such pod"}"#.to_string(), 999, "refused pod \"p\": code 3: no such pod"),
-            (r#"{"code":0,"data":{}}"#.to_string(), 6, "\"data\" must be a list"),
-            (r#"{"code":0,"data":[]}"#.to_string(), 6, "lists no network"),
-            (r#"{"code":0,"data":[5]}"#.to_string(), 6, "data[0]: expected an object"),
-            (one(&ok.replace("\"n\"", "7")), 6, "\"type\" must be a string"),
-            (one(&ok.replace("10.0.0.2", "10.0.0.300")), 6, "\"podIp\": \"10.0.0.300\" is not an IP"),
-            (one(&ok.replace("255.255.255.0", "255.0.255.0")), 6, "\"subnetMask\": \"255.0.255.0\""),
-            (one(&format!(r#"{ok},"gateway":"10.9.9.9""#)), 6, "\"gateway\": 10.9.9.9 is not another address of 10.0.0.0/24"),
-            (one(&ok.replace("true", "\"yes\"")), 6, "\"master\" must be true or false"),
-            (one(&ok.replace("true", "false")), 6, "no entry is the master"),
-            (one(&ok.replace("eth0", "a/b")), 6, "\"ifName\""),
-            (format!(r#"{{"code":0,"data":[{{{ok}}},{{{ok}}}]}}"#), 6, "already used"),
             (
-                format!(r#"{{"code":0,"data":[{{{ok}}},{{{}}}]}}"#, ok.replace("eth0", "eth1")),
+                r#"{"code":"0","data":[]}"#.to_string(),
+                6,
+                "\"code\" must be an integer",
+            ),
+            (
+                r#"{"code":0.5,"data":[]}"#.to_string(),
+                6,
+                "\"code\" must be an integer",
+            ),
+            (r#"{"data":[]}"#.to_string(), 6, "\"code\" is missing"),
+            (
+                r#"{"code":3,"message":"no such pod"}"#.to_string(),
+                999,
+                "refused pod \"p\": code 3: no such pod",
+            ),
+            (
+                r#"{"code":0,"data":{}}"#.to_string(),
+                6,
+                "\"data\" must be a list",
+            ),
+            (r#"{"code":0,"data":[]}"#.to_string(), 6, "lists no network"),
+            (
+                r#"{"code":0,"data":[5]}"#.to_string(),
+                6,
+                "data[0]: expected an object",
+            ),
+            (
+                one(&ok.replace("\"n\"", "7")),
+                6,
+                "\"type\" must be a string",
+            ),
+            (
+                one(&ok.replace("10.0.0.2", "10.0.0.300")),
+                6,
+                "\"podIp\": \"10.0.0.300\" is not an IP",
+            ),
+            (
+                one(&ok.replace("255.255.255.0", "255.0.255.0")),
+                6,
+                "\"subnetMask\": \"255.0.255.0\"",
+            ),
+            (
+                one(&format!(r#"{ok},"gateway":"10.9.9.9""#)),
+                6,
+                "\"gateway\": 10.9.9.9 is not another address of 10.0.0.0/24",
+            ),
+            (
+                one(&ok.replace("true", "\"yes\"")),
+                6,
+                "\"master\" must be true or false",
+            ),
+            (
+                one(&ok.replace("true", "false")),
+                6,
+                "no entry is the master",
+            ),
+            (one(&ok.replace("eth0", "a/b")), 6, "\"ifName\""),
+            (
+                format!(r#"{{"code":0,"data":[{{{ok}}},{{{ok}}}]}}"#),
+                6,
+                "already used",
+            ),
+            (
+                format!(
+                    r#"{{"code":0,"data":[{{{ok}}},{{{}}}]}}"#,
+                    ok.replace("eth0", "eth1")
+                ),
                 6,
                 "2 entries are the master",
             ),
@@ -804,7 +879,10 @@ mod tests {
 
     #[test]
     fn fixed_list_errors_are_config_errors() {
-        let (c, m) = code_msg(entries_from(&[json!({"type": "n", "ifName": "eth0"})], Source::Config));
+        let (c, m) = code_msg(entries_from(
+            &[json!({"type": "n", "ifName": "eth0"})],
+            Source::Config,
+        ));
         assert_eq!(c, 7);
         assert!(m.starts_with("\"networks\": no entry is the master"), "{m}");
     }

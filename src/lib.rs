@@ -7,6 +7,7 @@
 //! - [`netns`]: entering network namespaces safely;
 //! - [`sysctl`]: `/proc/sys` reads and writes;
 //! - [`error`]: the one CNI error type;
+//! - [`libcni`]: the runtime side (load a network, run its plugin list, the result cache);
 //! - [`http`]: a small blocking HTTP/1.1 client with deadlines (multinet's backend);
 //! - [`statefile`]: atomic state files of meta plugins.
 
@@ -18,6 +19,7 @@ pub mod fw;
 pub mod http;
 pub mod ipam;
 pub mod l3;
+pub mod libcni;
 pub mod netlink;
 pub mod netns;
 pub mod statefile;

@@ -162,13 +162,30 @@ fn entry(net: &str, ip: &str, mask: &str, gw: &str, ifname: &str, master: bool) 
 
 fn two_networks() -> Vec<Value> {
     vec![
-        entry("net-bridge", "192.168.1.2", "255.255.255.0", "192.168.1.1", "eth0", true),
-        entry("net-ptp", "10.9.0.5", "255.255.0.0", "10.9.0.1", "net1", false),
+        entry(
+            "net-bridge",
+            "192.168.1.2",
+            "255.255.255.0",
+            "192.168.1.1",
+            "eth0",
+            true,
+        ),
+        entry(
+            "net-ptp",
+            "10.9.0.5",
+            "255.255.0.0",
+            "10.9.0.1",
+            "net1",
+            false,
+        ),
     ]
 }
 
 fn answer(data: &[Value]) -> Answer {
-    Answer::Http(200, json!({"code": 0, "message": "ok", "data": data}).to_string())
+    Answer::Http(
+        200,
+        json!({"code": 0, "message": "ok", "data": data}).to_string(),
+    )
 }
 
 fn conf(rig: &Rig, extra: Value) -> Value {
@@ -217,7 +234,12 @@ fn backend_networks_attached_and_detached_with_backend_stopped() {
     let rig = Rig::new();
     let mut backend = Backend::start(&rig.host, answer(&two_networks()));
     let c = conf(&rig, json!({"backend": backend.url()}));
-    let r = rig.call("multinet", "ADD", &c).args(ARGS).run().ok().clone();
+    let r = rig
+        .call("multinet", "ADD", &c)
+        .args(ARGS)
+        .run()
+        .ok()
+        .clone();
     assert_eq!(
         backend.requests(),
         vec!["GET /api/networks?podName=web-1 HTTP/1.1".to_string()]
@@ -281,7 +303,8 @@ fn a_network_with_its_own_ipam_keeps_it() {
     rig.call("multinet", "ADD", &c).run().ok();
     let a = addrs(&rig.cont, "net1");
     assert!(
-        a.iter().any(|x| x["local"].as_str().unwrap().starts_with("10.77.0.")),
+        a.iter()
+            .any(|x| x["local"].as_str().unwrap().starts_with("10.77.0.")),
         "host-local's address: {a:?}"
     );
     rig.call("multinet", "DEL", &c).run().ok();
@@ -295,9 +318,30 @@ fn failing_network_rolls_back_the_ones_attached() {
     let backend = Backend::start(
         &rig.host,
         answer(&[
-            entry("net-bridge", "192.168.1.2", "255.255.255.0", "192.168.1.1", "eth0", true),
-            entry("net-ptp", "10.9.0.5", "255.255.0.0", "10.9.0.1", "net1", false),
-            entry("net-broken", "10.10.0.5", "255.255.0.0", "10.10.0.1", "net2", false),
+            entry(
+                "net-bridge",
+                "192.168.1.2",
+                "255.255.255.0",
+                "192.168.1.1",
+                "eth0",
+                true,
+            ),
+            entry(
+                "net-ptp",
+                "10.9.0.5",
+                "255.255.0.0",
+                "10.9.0.1",
+                "net1",
+                false,
+            ),
+            entry(
+                "net-broken",
+                "10.10.0.5",
+                "255.255.0.0",
+                "10.10.0.1",
+                "net2",
+                false,
+            ),
         ]),
     );
     let c = conf(&rig, json!({"backend": backend.url()}));
@@ -316,12 +360,19 @@ fn backend_errors_attach_nothing() {
     let ok = |d: &[Value]| json!({"code": 0, "data": d}).to_string();
     let cases: Vec<(Answer, i64, String)> = vec![
         (Answer::Hang, 11, "no complete answer within 1s".into()),
-        (Answer::Http(200, "<html>busy</html>".into()), 6, "not JSON".into()),
+        (
+            Answer::Http(200, "<html>busy</html>".into()),
+            6,
+            "not JSON".into(),
+        ),
         (Answer::Huge(2 << 20), 6, "larger than 1048576 bytes".into()),
         (Answer::Http(503, "down".into()), 11, "HTTP 503".into()),
         (Answer::Http(404, "".into()), 999, "HTTP 404".into()),
         (
-            Answer::Http(200, json!({"code": 1, "message": "pod unknown"}).to_string()),
+            Answer::Http(
+                200,
+                json!({"code": 1, "message": "pod unknown"}).to_string(),
+            ),
             999,
             "refused pod \"web-1\": code 1: pod unknown".into(),
         ),
@@ -331,7 +382,10 @@ fn backend_errors_attach_nothing() {
             "\"type\" must be a string".into(),
         ),
         (
-            Answer::Http(200, ok(&[entry("nosuch", "10.0.0.2", "24", "", "eth0", true)])),
+            Answer::Http(
+                200,
+                ok(&[entry("nosuch", "10.0.0.2", "24", "", "eth0", true)]),
+            ),
             7,
             "network \"nosuch\"".into(),
         ),
@@ -411,11 +465,26 @@ fn config_is_checked_first() {
     let rig = Rig::new();
     for (extra, want) in [
         (json!({}), "one of \"backend\""),
-        (json!({"backend": "http://127.0.0.1:1/", "networks": []}), "exclude each other"),
-        (json!({"backend": "https://inventory/"}), "not an http:// URL"),
-        (json!({"backend": "http://127.0.0.1:1/", "timeout": 0}), "\"timeout\""),
-        (json!({"networks": two_networks(), "logLevel": "loud"}), "\"logLevel\""),
-        (json!({"networks": [{"type": "net-ptp", "ifName": "eth0", "master": true}]}), "needs \"podIp\""),
+        (
+            json!({"backend": "http://127.0.0.1:1/", "networks": []}),
+            "exclude each other",
+        ),
+        (
+            json!({"backend": "https://inventory/"}),
+            "not an http:// URL",
+        ),
+        (
+            json!({"backend": "http://127.0.0.1:1/", "timeout": 0}),
+            "\"timeout\"",
+        ),
+        (
+            json!({"networks": two_networks(), "logLevel": "loud"}),
+            "\"logLevel\"",
+        ),
+        (
+            json!({"networks": [{"type": "net-ptp", "ifName": "eth0", "master": true}]}),
+            "needs \"podIp\"",
+        ),
     ] {
         rig.call("multinet", "ADD", &conf(&rig, extra))
             .run()

@@ -1,16 +1,15 @@
-//! Running a delegate plugin (IPAM) the way the reference's `invoke` package does: find
-//! `type` in `CNI_PATH`, pass our full environment with `CNI_COMMAND` overridden and our
-//! stdin byte for byte, read a result or an error object (its code is kept).
+//! Running another plugin the way the reference's `invoke` package does: find `type` in
+//! `CNI_PATH`, pass our environment with the `CNI_*` variables of the call (a delegate
+//! gets ours with `CNI_COMMAND` overridden) and stdin byte for byte, read a result or an
+//! error object (its code is kept). Used for IPAM delegation and by [`crate::libcni`].
 //!
 //! When the plugin found in `CNI_PATH` is this very binary and names one of our applets,
 //! it runs in-process instead of being exec'd: through the same harness entry point with
 //! the same environment and stdin, so its checks, its output and its errors are exactly
 //! what an exec would produce, minus a fork/exec and a process start.
 //!
-//! Meta plugins (flannel, multinet) delegate whole attachments the same way, with their
-//! own config and interface name ([`Attachment`]). Every delegate sees the `CNI_*`
-//! variables of the call it serves (its [`Ctx`]), not the process's: an IPAM plugin run
-//! for a meta plugin's second interface must reserve under that interface's name.
+//! Meta plugins (flannel) delegate a whole attachment with their own config
+//! ([`Attachment`]): the same invocation with another stdin, interface and `CNI_PATH`.
 
 use crate::cni::skel::{self, Command, Ctx, Env, Kind};
 use crate::cni::types::CniResult;
@@ -85,42 +84,59 @@ struct Output {
     stderr: Vec<u8>,
 }
 
-/// The environment a delegate sees: the call's `CNI_*` values (from its [`Ctx`]) with
-/// the command overridden; everything else from our process.
-struct DelegateEnv<'a> {
-    ctx: &'a Ctx,
-    cmd: Command,
+/// One plugin invocation as a runtime makes it: the `CNI_*` environment (every other
+/// variable is inherited from this process, as the reference's `invoke` does) and stdin.
+/// A plugin delegating to IPAM passes on its own values ([`Invocation::from_ctx`]); a
+/// runtime (libcni) builds them from its runtime config.
+#[derive(Clone, Copy, Debug)]
+pub struct Invocation<'a> {
+    pub command: Command,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    /// `CNI_ARGS`, already joined (`K=V;K2=V2`).
+    pub args: &'a str,
+    /// `CNI_PATH`, colon-separated.
+    pub path: &'a str,
+    pub stdin: &'a [u8],
 }
 
-impl DelegateEnv<'_> {
-    /// The five attachment variables, `None` for any other name.
-    fn cni_var(&self, name: &str) -> Option<&str> {
-        Some(match name {
-            "CNI_CONTAINERID" => &self.ctx.container_id,
-            "CNI_NETNS" => &self.ctx.netns,
-            "CNI_IFNAME" => &self.ctx.ifname,
-            "CNI_ARGS" => &self.ctx.args,
-            "CNI_PATH" => &self.ctx.path,
-            _ => return None,
-        })
+impl<'a> Invocation<'a> {
+    /// The call a plugin makes to its delegate: its own environment and stdin, with
+    /// only the command changed.
+    pub fn from_ctx(ctx: &'a Ctx, command: Command) -> Invocation<'a> {
+        Invocation {
+            command,
+            container_id: &ctx.container_id,
+            netns: &ctx.netns,
+            ifname: &ctx.ifname,
+            args: &ctx.args,
+            path: &ctx.path,
+            stdin: &ctx.stdin,
+        }
+    }
+
+    /// The `CNI_*` variables this invocation sets, in the order the reference sets them.
+    fn cni_env(&self) -> [(&'static str, &str); 6] {
+        [
+            ("CNI_COMMAND", self.command.as_str()),
+            ("CNI_CONTAINERID", self.container_id),
+            ("CNI_NETNS", self.netns),
+            ("CNI_ARGS", self.args),
+            ("CNI_IFNAME", self.ifname),
+            ("CNI_PATH", self.path),
+        ]
     }
 }
 
-const CNI_VARS: [&str; 5] = [
-    "CNI_CONTAINERID",
-    "CNI_NETNS",
-    "CNI_IFNAME",
-    "CNI_ARGS",
-    "CNI_PATH",
-];
+/// An in-process run sees the invocation's `CNI_*` values and this process's other
+/// variables, exactly what an exec'd plugin would see.
+struct InvocationEnv<'a>(&'a Invocation<'a>);
 
-impl Env for DelegateEnv<'_> {
+impl Env for InvocationEnv<'_> {
     fn var(&self, name: &str) -> String {
-        if name == "CNI_COMMAND" {
-            return self.cmd.as_str().to_string();
-        }
-        match self.cni_var(name) {
-            Some(v) => v.to_string(),
+        match self.0.cni_env().iter().find(|(k, _)| *k == name) {
+            Some((_, v)) => v.to_string(),
             None => std::env::var(name).unwrap_or_default(),
         }
     }
@@ -137,12 +153,11 @@ fn is_self(path: &Path) -> bool {
     }
 }
 
-fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
-    let path = find_in_path(name, &ctx.path)?;
+fn run_plugin(name: &str, inv: &Invocation) -> Result<Output> {
+    let path = find_in_path(name, inv.path)?;
     if std::env::var_os("CNIBOX_NO_INPROCESS").is_none() && is_self(&path) {
         if let Some(Kind::Plugin(p)) = skel::find_applet(name).map(|a| &a.kind) {
-            let env = DelegateEnv { ctx, cmd };
-            let out = skel::run(name, p, &env, &mut ctx.stdin.as_slice());
+            let out = skel::run(name, p, &InvocationEnv(inv), &mut &inv.stdin[..]);
             return Ok(Output {
                 exit_ok: out.exit == 0,
                 stdout: out.stdout,
@@ -150,22 +165,15 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
             });
         }
     }
-    exec(&path, ctx, cmd)
+    exec(&path, inv)
 }
 
-fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
-    let env = DelegateEnv { ctx, cmd };
+fn exec(path: &Path, inv: &Invocation) -> Result<Output> {
+    let cmd = inv.command;
     let mut tries = 0;
     let mut child = loop {
-        let mut command = std::process::Command::new(path);
-        command.env("CNI_COMMAND", cmd.as_str());
-        for var in CNI_VARS {
-            match env.cni_var(var) {
-                Some(v) if !v.is_empty() => command.env(var, v),
-                _ => command.env_remove(var),
-            };
-        }
-        let child = command
+        let child = std::process::Command::new(path)
+            .envs(inv.cni_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -183,7 +191,7 @@ fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
         }
     };
     let stdin = child.stdin.take();
-    let input = ctx.stdin.clone();
+    let input = inv.stdin.to_vec();
     // Feed stdin and drain both pipes on their own threads, so a plugin that writes a
     // lot before reading cannot deadlock us, and the wait below can have a deadline.
     let feeder = std::thread::spawn(move || {
@@ -250,10 +258,12 @@ fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
     })
 }
 
-/// Run `name` for `cmd`; on failure return its error object unchanged.
-fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
-    let out = run_delegate(ctx, name, cmd)?;
-    // The delegate's diagnostics belong to the runtime's log, as with the reference.
+/// Run plugin `name` (found in the invocation's `CNI_PATH`; one of our applets runs
+/// in-process) and return its stdout; a failure is the plugin's error object, its code
+/// unchanged.
+pub fn invoke(name: &str, inv: &Invocation) -> Result<Vec<u8>> {
+    let out = run_plugin(name, inv)?;
+    // The plugin's diagnostics belong to the runtime's log, as with the reference.
     let _ = std::io::stderr().write_all(&out.stderr);
     if out.exit_ok {
         return Ok(out.stdout);
@@ -275,6 +285,12 @@ fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
             )
         ))),
     }
+}
+
+/// A plugin's call to its delegate `name`: its own environment and stdin, `cmd` instead
+/// of its command.
+fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
+    invoke(name, &Invocation::from_ctx(ctx, cmd))
 }
 
 /// IPAM ADD: the delegate's result in the 1.x model.
@@ -313,12 +329,13 @@ pub struct Attachment<'a> {
 }
 
 impl Attachment<'_> {
-    fn ctx(&self, parent: &Ctx, cmd: Command) -> Ctx {
-        let mut c = parent.for_delegate(cmd, self.plugin);
-        c.ifname = self.ifname.to_string();
-        c.path = self.path.to_string();
-        c.stdin = self.config.clone();
-        c
+    fn invocation<'a>(&'a self, parent: &'a Ctx, command: Command) -> Invocation<'a> {
+        Invocation {
+            ifname: self.ifname,
+            path: self.path,
+            stdin: &self.config,
+            ..Invocation::from_ctx(parent, command)
+        }
     }
 
     /// The delegate's version for parsing a result without its own `cniVersion`.
@@ -332,7 +349,7 @@ impl Attachment<'_> {
 
     /// ADD: the delegate's result in the 1.x model.
     pub fn add(&self, parent: &Ctx) -> Result<CniResult> {
-        let stdout = call(&self.ctx(parent, Command::Add), self.plugin, Command::Add)?;
+        let stdout = invoke(self.plugin, &self.invocation(parent, Command::Add))?;
         let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
             anyhow!(
                 "failed to parse the result of plugin {:?}: {e}",
@@ -343,7 +360,7 @@ impl Attachment<'_> {
             .with_context(|| format!("invalid result from plugin {:?}", self.plugin))
     }
 
-    pub fn run(&self, parent: &Ctx, cmd: Command) -> Result<()> {
-        call(&self.ctx(parent, cmd), self.plugin, cmd).map(|_| ())
+    pub fn run(&self, parent: &Ctx, command: Command) -> Result<()> {
+        invoke(self.plugin, &self.invocation(parent, command)).map(|_| ())
     }
 }
