@@ -495,6 +495,10 @@ struct Record {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct State {
     kind: String,
+    /// The container's netns at ADD: GC detaches with it (as libcni's GC uses the netns
+    /// it cached); DEL uses the runtime's `CNI_NETNS`.
+    #[serde(default)]
+    netns: String,
     attachments: Vec<Record>,
 }
 
@@ -611,6 +615,7 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 
     let mut state = State {
         kind: STATE_KIND.into(),
+        netns: ctx.netns.clone(),
         attachments: vec![],
     };
     let mut master: Option<CniResult> = None;
@@ -723,7 +728,10 @@ fn gc(ctx: &Ctx) -> Result<()> {
         }
         let path = e.path();
         let r = load_state(&path).and_then(|s| match s {
-            Some(mut s) => detach_all(ctx, &conf, &path, &mut s, id, "", &log),
+            Some(mut s) => {
+                let netns = s.netns.clone();
+                detach_all(ctx, &conf, &path, &mut s, id, &netns, &log)
+            }
             None => Ok(()),
         });
         if let Err(err) = r {
