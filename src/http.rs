@@ -608,6 +608,30 @@ mod tests {
     }
 
     #[test]
+    fn dripping_server_runs_into_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let u = Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+            // One byte at a time: every read succeeds, the whole never arrives in time.
+            for _ in 0..100 {
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let limits = Limits {
+            timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let e = get(&u, limits).unwrap_err();
+        assert_eq!(code_of(&e), Some(11), "{e:#}");
+        h.join().unwrap();
+    }
+
+    #[test]
     fn refused_connection_is_try_again_later() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let u = Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();

@@ -283,12 +283,39 @@ fn backend_networks_attached_and_detached_with_backend_stopped() {
 #[test]
 fn fixed_list_instead_of_a_backend() {
     let rig = Rig::new();
-    let c = conf(&rig, json!({"networks": two_networks()}));
+    let log = rig.dir.join("multinet.log");
+    let c = conf(&rig, json!({"networks": two_networks(), "logFile": log}));
     let r = rig.call("multinet", "ADD", &c).run().ok().clone();
     assert_eq!(r["ips"][0]["address"], "192.168.1.2/24");
     assert_attached(&rig, &rig.cont);
+    // DEL works from the record: the network configs may have changed or gone since.
+    std::fs::remove_dir_all(rig.dir.join("net.d")).unwrap();
     rig.call("multinet", "DEL", &c).run().ok();
     assert_detached(&rig, &rig.cont);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for want in [
+        "[info] multinet: ctr1: attached network \"net-bridge\" as eth0",
+        "[info] multinet: ctr1: detached network \"net-ptp\" (net1)",
+    ] {
+        assert!(text.contains(want), "{want} not in the log: {text}");
+    }
+}
+
+#[test]
+fn del_after_the_netns_is_gone() {
+    let mut rig = Rig::new();
+    let c = conf(&rig, json!({"networks": two_networks()}));
+    rig.call("multinet", "ADD", &c).run().ok();
+    let path = rig.cont.path.to_str().unwrap().to_string();
+    rig.drop_cont();
+    rig.call("multinet", "DEL", &c).netns(&path).run().ok();
+    rig.call("multinet", "DEL", &c).netns("").run().ok();
+    let host_veths: Vec<Value> = links(&rig.host)
+        .into_iter()
+        .filter(|l| l["linkinfo"]["info_kind"] == "veth")
+        .collect();
+    assert!(host_veths.is_empty(), "{host_veths:?}");
+    assert!(state_files(&rig).is_empty(), "{:?}", state_files(&rig));
 }
 
 #[test]
