@@ -288,6 +288,11 @@ fn fixed_list_instead_of_a_backend() {
     let r = rig.call("multinet", "ADD", &c).run().ok().clone();
     assert_eq!(r["ips"][0]["address"], "192.168.1.2/24");
     assert_attached(&rig, &rig.cont);
+    // A second ADD for the same container would lose track of the first: refused.
+    rig.call("multinet", "ADD", &c)
+        .run()
+        .fails_with(4, "already has multinet attachments");
+    assert_attached(&rig, &rig.cont);
     // DEL works from the record: the network configs may have changed or gone since.
     std::fs::remove_dir_all(rig.dir.join("net.d")).unwrap();
     rig.call("multinet", "DEL", &c).run().ok();
@@ -518,4 +523,124 @@ fn config_is_checked_first() {
             .fails_with(7, want);
         assert_detached(&rig, &rig.cont);
     }
+}
+
+#[test]
+fn upstream_go_plugins_from_bin_dir() {
+    // The same two networks run by upstream's Go plugins v1.9.1, exec'd from binDir.
+    let rig = Rig::new();
+    let c = conf(
+        &rig,
+        json!({"networks": two_networks(), "binDir": oracle_dir()}),
+    );
+    rig.call("multinet", "ADD", &c).run().ok();
+    assert_attached(&rig, &rig.cont);
+    rig.call("multinet", "DEL", &c).run().ok();
+    assert_detached(&rig, &rig.cont);
+}
+
+#[test]
+fn injected_static_ipam() {
+    // A recording plugin in binDir shows the exact config a network is run with.
+    let rig = Rig::new();
+    let bin = rig.dir.join("extbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = bin.join("recorder");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncat > {}/recorded-$CNI_IFNAME-$CNI_COMMAND\necho '{{\"cniVersion\":\"1.0.0\",\"interfaces\":[{{\"name\":\"'$CNI_IFNAME'\"}}]}}'\n",
+            rig.dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = conf_dir(&rig);
+    std::fs::write(
+        d.join("50-rec.conf"),
+        json!({"cniVersion": "1.0.0", "name": "net-rec", "type": "recorder", "extra": 1})
+            .to_string(),
+    )
+    .unwrap();
+    let c = conf(
+        &rig,
+        json!({"binDir": bin, "networks": [
+            entry("net-rec", "10.5.0.2", "255.255.255.0", "10.5.0.1", "eth0", true),
+            entry("net-rec", "fd00::2", "64", "fd00::1", "net1", false)]}),
+    );
+    let r = rig.call("multinet", "ADD", &c).run().ok().clone();
+    let names: Vec<&str> = r["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["eth0", "net1"],
+        "master's result, then the others' interfaces"
+    );
+    let read = |f: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(rig.dir.join(f)).unwrap()).unwrap()
+    };
+    let master = read("recorded-eth0-ADD");
+    assert_eq!(master["extra"], 1);
+    assert_eq!(master["name"], "net-rec");
+    assert_eq!(
+        master["ipam"],
+        json!({"type": "static",
+            "addresses": [{"address": "10.5.0.2/24", "gateway": "10.5.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.5.0.1"}]})
+    );
+    assert_eq!(
+        read("recorded-net1-ADD")["ipam"],
+        json!({"type": "static",
+            "addresses": [{"address": "fd00::2/64", "gateway": "fd00::1"}],
+            "routes": []}),
+        "no default route for a non-master"
+    );
+    rig.call("multinet", "DEL", &c).run().ok();
+    // DEL runs the recorded configs.
+    assert_eq!(
+        read("recorded-net1-DEL")["ipam"],
+        read("recorded-net1-ADD")["ipam"]
+    );
+    assert!(rig.dir.join("recorded-eth0-DEL").exists());
+    assert!(state_files(&rig).is_empty());
+}
+
+#[test]
+fn status_asks_every_listed_network() {
+    let rig = Rig::new();
+    let d = conf_dir(&rig);
+    std::fs::write(
+        d.join("60-v11.conflist"),
+        json!({"cniVersion": "1.1.0", "name": "net-v11",
+            "plugins": [{"type": "bridge", "bridge": "mbr1",
+                "ipam": {"type": "host-local", "subnet": "10.78.0.0/24", "dataDir": rig.data_dir()}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let c = |net: &str| {
+        conf(
+            &rig,
+            json!({"cniVersion": "1.1.0", "networks": [{"type": net, "ifName": "eth0", "master": true}]}),
+        )
+    };
+    rig.call("multinet", "STATUS", &c("net-v11")).run().ok();
+    // The network's plugins are asked: a bridge whose IPAM plugin is missing is not ready.
+    std::fs::write(
+        d.join("70-noipam.conflist"),
+        json!({"cniVersion": "1.1.0", "name": "net-noipam",
+            "plugins": [{"type": "bridge", "bridge": "mbr2", "ipam": {"type": "nosuchipam"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    rig.call("multinet", "STATUS", &c("net-noipam"))
+        .run()
+        .fails_with(7, "nosuchipam");
+    rig.call("multinet", "STATUS", &c("nosuch"))
+        .run()
+        .fails_with(7, "network \"nosuch\"");
 }
