@@ -72,8 +72,7 @@ struct Conf {
 
 impl Conf {
     fn load(ctx: &Ctx) -> Result<Conf> {
-        let c: Conf = ctx.decode()?;
-        Ok(c)
+        ctx.decode()
     }
 
     fn subnet_file(&self) -> &str {
@@ -84,14 +83,17 @@ impl Conf {
         }
     }
 
-    /// Where the delegate config of `container_id` is saved.
-    fn saved_path(&self, container_id: &str) -> PathBuf {
-        let dir = if self.data_dir.is_empty() {
+    fn data_dir(&self) -> &Path {
+        Path::new(if self.data_dir.is_empty() {
             DEFAULT_DATA_DIR
         } else {
             &self.data_dir
-        };
-        Path::new(dir).join(container_id)
+        })
+    }
+
+    /// Where the delegate config of `container_id` is saved.
+    fn saved_path(&self, container_id: &str) -> PathBuf {
+        self.data_dir().join(container_id)
     }
 }
 
@@ -406,7 +408,7 @@ fn check(ctx: &Ctx) -> Result<()> {
             format!(
                 "no saved delegate config for container {} in {}",
                 ctx.container_id,
-                conf.saved_path("").display()
+                conf.data_dir().display()
             ),
         ));
     };
@@ -447,8 +449,7 @@ fn gc(ctx: &Ctx) -> Result<()> {
         }
         attachment(ctx, &plugin, serde_json::to_vec(&config)?).run(ctx, Command::Gc)?;
     }
-    let dir = conf.saved_path("x");
-    let dir = dir.parent().unwrap_or(Path::new(DEFAULT_DATA_DIR));
+    let dir = conf.data_dir();
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
