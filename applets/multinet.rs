@@ -606,9 +606,19 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
     for e in &entries {
         let config = network_for(&conf, e)?;
         let list = list_of(&config)?;
+        // Every plugin and IPAM plugin a network names (the injected `static` too) must
+        // exist, or the first networks would be attached only to be rolled back.
         for p in &list.plugins {
-            delegate::find_in_path(&p.plugin_type, &cni.path)
-                .with_context(|| format!("network {:?}", e.network))?;
+            let ipam = p
+                .raw
+                .get("ipam")
+                .and_then(|i| i.get("type"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty());
+            for name in std::iter::once(p.plugin_type.as_str()).chain(ipam) {
+                delegate::find_in_path(name, &cni.path)
+                    .with_context(|| format!("network {:?}", e.network))?;
+            }
         }
         planned.push((e, config, list));
     }
