@@ -11,6 +11,7 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bandwidth;
 mod bridge;
+mod cnitool;
 mod dummy;
 mod firewall;
 #[path = "host-device.rs"]
@@ -35,6 +36,7 @@ mod vrf;
 static APPLETS: &[Applet] = &[
     bandwidth::APPLET,
     bridge::APPLET,
+    cnitool::APPLET,
     dummy::APPLET,
     firewall::APPLET,
     host_device::APPLET,
