@@ -51,7 +51,15 @@ fn usage() -> i32 {
     1
 }
 
+/// Internal: the first process of `exec`'s command (see [`run_inside`]).
+const EXEC_CHILD: &str = "--exec-child";
+
 fn main(args: &[String]) -> i32 {
+    if let [flag, argv @ ..] = args {
+        if flag == EXEC_CHILD {
+            return exec_child(argv);
+        }
+    }
     let [cmd, net, rest @ ..] = args else {
         return usage();
     };
@@ -285,26 +293,26 @@ fn exec(net: &str, argv: &[String]) -> i32 {
 
 /// Run `argv` inside the namespace (stdio inherited) and return its exit status the
 /// way a shell reports it.
+///
+/// A child inherits the signal mask, so the command would start with cnitool's
+/// blocked signals (an uninterruptible command); it is started through a fresh copy of
+/// this binary ([`exec_child`]) that unblocks them and then becomes the command.
 fn run_inside(own: &OwnNetns, argv: &[String]) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    let Some((prog, args)) = argv.split_first() else {
-        return 1;
-    };
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     // A child forked from a thread inside the namespace starts inside it.
     let child = own.ns.run(|| {
-        std::process::Command::new(prog)
-            .args(args)
+        std::process::Command::new("/proc/self/exe")
+            .arg0("cnitool")
+            .arg(EXEC_CHILD)
+            .args(argv)
             .spawn()
-            .map_err(anyhow::Error::from)
+            .context("cannot start the command")
     });
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cnitool: cannot run {prog}: {e:#}");
-            let not_found = e
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
-            return if not_found { 127 } else { 126 };
+            eprintln!("cnitool: {e:#}");
+            return 126;
         }
     };
     match child.wait() {
@@ -313,9 +321,29 @@ fn run_inside(own: &OwnNetns, argv: &[String]) -> i32 {
             .or_else(|| st.signal().map(|s| 128 + s))
             .unwrap_or(1),
         Err(e) => {
-            eprintln!("cnitool: waiting for {prog}: {e}");
+            eprintln!("cnitool: waiting for the command: {e}");
             1
         }
+    }
+}
+
+/// The command's first process: default signal mask, then exec the command (127 if it
+/// is not found, 126 if it cannot be run, as a shell says).
+fn exec_child(argv: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = argv.split_first() else {
+        return usage();
+    };
+    if let Err(e) = nix::sys::signal::SigSet::all().thread_unblock() {
+        eprintln!("cnitool: cannot unblock signals: {e}");
+        return 126;
+    }
+    let e = std::process::Command::new(prog).args(args).exec();
+    eprintln!("cnitool: cannot run {prog}: {e}");
+    if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
     }
 }
 
