@@ -11,6 +11,7 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bandwidth;
 mod bridge;
+mod cnitool;
 mod dummy;
 mod firewall;
 mod flannel;
@@ -37,6 +38,7 @@ mod vrf;
 static APPLETS: &[Applet] = &[
     bandwidth::APPLET,
     bridge::APPLET,
+    cnitool::APPLET,
     dummy::APPLET,
     firewall::APPLET,
     flannel::APPLET,
