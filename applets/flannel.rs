@@ -387,7 +387,18 @@ fn load_saved(conf: &Conf, ctx: &Ctx) -> Result<Option<(PathBuf, Map<String, Val
 }
 
 fn del(ctx: &Ctx) -> Result<()> {
-    let conf = Conf::load(ctx)?;
+    // Only `dataDir` matters: a config ADD would refuse must not make DEL fail.
+    let data_dir = ctx
+        .raw
+        .as_object()
+        .and_then(|o| cnibox::cni::decode::get_ci(o, "dataDir"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let conf = Conf {
+        data_dir,
+        ..Conf::default()
+    };
     let Some((path, saved)) = load_saved(&conf, ctx)? else {
         // Never added, or already deleted.
         return Ok(());

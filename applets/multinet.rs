@@ -124,6 +124,33 @@ impl Conf {
         Ok(c)
     }
 
+    /// What DEL and GC need (where the records are, where plugins are, the log), read
+    /// without judging the rest: a config ADD would refuse must not make DEL fail, or a
+    /// runtime retries it forever.
+    fn for_teardown(ctx: &Ctx) -> Conf {
+        let s = |key: &str| {
+            ctx.raw
+                .as_object()
+                .and_then(|o| cnibox::cni::decode::get_ci(o, key))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Conf {
+            conf_dir: s("confDir"),
+            bin_dir: s("binDir"),
+            state_dir: s("stateDir"),
+            log_file: s("logFile"),
+            log_level: s("logLevel"),
+            runtime_config: ctx
+                .raw
+                .get("runtimeConfig")
+                .and_then(Value::as_object)
+                .cloned(),
+            ..Conf::default()
+        }
+    }
+
     fn state_root(&self, network: &str) -> PathBuf {
         let dir = if self.state_dir.is_empty() {
             DEFAULT_STATE_DIR
@@ -680,11 +707,19 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
 }
 
 fn del(ctx: &Ctx) -> Result<()> {
-    let conf = Conf::load(ctx)?;
+    let conf = Conf::for_teardown(ctx);
     let log = Log::open(&conf);
     let path = state_path(&conf, ctx, &ctx.container_id);
-    let Some(mut state) = load_state(&path)? else {
-        return Ok(());
+    let mut state = match load_state(&path) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(()),
+        Err(e) if path.exists() => {
+            // Nothing in it can be used; keeping it would fail every DEL to come.
+            log.error(&format!("{e:#}; removing it"));
+            eprintln!("multinet: {e:#}; removing it");
+            return statefile::remove(&path);
+        }
+        Err(e) => return Err(e),
     };
     detach_all(
         ctx,
@@ -718,7 +753,7 @@ fn check(ctx: &Ctx) -> Result<()> {
 
 /// Detach the recorded attachments of every container not in the valid list.
 fn gc(ctx: &Ctx) -> Result<()> {
-    let conf = Conf::load(ctx)?;
+    let conf = Conf::for_teardown(ctx);
     let log = Log::open(&conf);
     let valid = ctx.valid_attachments()?;
     let root = conf.state_root(&ctx.conf.name);

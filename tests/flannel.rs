@@ -380,3 +380,17 @@ fn gc_drops_stale_saved_configs_and_reservations() {
     assert_eq!(reservations(&f.rig.data_dir().join("cni-flannel")).len(), 1);
     f.rig.call("flannel", "DEL", &c).run().ok();
 }
+
+#[test]
+fn del_needs_only_the_data_dir() {
+    let f = Flannel::new(LEASE);
+    let c = f.bridge_conf();
+    f.rig.call("flannel", "ADD", &c).run().ok();
+    let bad = merged(
+        c.clone(),
+        &json!({"delegate": "not an object", "ipam": {"routes": "x"}, "subnetFile": "/nonexistent"}),
+    );
+    f.rig.call("flannel", "DEL", &bad).run().ok();
+    assert!(link(&f.rig.cont, "eth0").is_none());
+    assert!(!f.saved("ctr1").exists());
+}

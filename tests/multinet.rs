@@ -651,3 +651,24 @@ fn status_asks_every_listed_network() {
         .run()
         .fails_with(7, "network \"nosuch\"");
 }
+
+#[test]
+fn del_needs_only_the_record() {
+    let rig = Rig::new();
+    let c = conf(&rig, json!({"networks": two_networks()}));
+    rig.call("multinet", "ADD", &c).run().ok();
+    // A config ADD would refuse (both sources, a bad URL, a bad level) still deletes.
+    let bad = merged(
+        c.clone(),
+        &json!({"backend": "https://x/", "logLevel": "loud", "timeout": -1}),
+    );
+    rig.call("multinet", "DEL", &bad).run().ok();
+    assert_detached(&rig, &rig.cont);
+
+    // An unreadable record cannot be used: it is dropped, DEL succeeds.
+    let dir = rig.dir.join("state/multi");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ctr1.json"), "{not json").unwrap();
+    rig.call("multinet", "DEL", &c).run().ok();
+    assert!(state_files(&rig).is_empty(), "{:?}", state_files(&rig));
+}
