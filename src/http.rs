@@ -91,6 +91,9 @@ impl Url {
         if host.is_empty() {
             return Err(bad("has no host"));
         }
+        if host.contains(':') && !authority.starts_with('[') {
+            return Err(bad("has an IPv6 host without brackets ([addr]:port)"));
+        }
         let port = match port {
             None | Some("") => 80,
             Some(p) => p
@@ -484,6 +487,7 @@ mod tests {
             "http://u@x/",
             "http://[::1/",
             "http://x /",
+            "http://::1/",
         ] {
             let e = Url::parse(bad).unwrap_err();
             assert_eq!(code_of(&e), Some(7), "{bad}");
