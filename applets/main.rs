@@ -11,8 +11,10 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bandwidth;
 mod bridge;
+mod cnitool;
 mod dummy;
 mod firewall;
+mod flannel;
 #[path = "host-device.rs"]
 mod host_device;
 #[path = "host-local.rs"]
@@ -20,6 +22,7 @@ mod host_local;
 mod ipvlan;
 mod loopback;
 mod macvlan;
+mod multinet;
 mod portmap;
 mod ptp;
 mod sbr;
@@ -35,13 +38,16 @@ mod vrf;
 static APPLETS: &[Applet] = &[
     bandwidth::APPLET,
     bridge::APPLET,
+    cnitool::APPLET,
     dummy::APPLET,
     firewall::APPLET,
+    flannel::APPLET,
     host_device::APPLET,
     host_local::APPLET,
     ipvlan::APPLET,
     loopback::APPLET,
     macvlan::APPLET,
+    multinet::APPLET,
     portmap::APPLET,
     ptp::APPLET,
     sbr::APPLET,

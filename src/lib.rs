@@ -6,17 +6,23 @@
 //! - [`netlink`]: rtnetlink on neli's socket (links, addresses, routes, bridge ports);
 //! - [`netns`]: entering network namespaces safely;
 //! - [`sysctl`]: `/proc/sys` reads and writes;
-//! - [`error`]: the one CNI error type.
+//! - [`error`]: the one CNI error type;
+//! - [`libcni`]: the runtime side (load a network, run its plugin list, the result cache);
+//! - [`http`]: a small blocking HTTP/1.1 client with deadlines (multinet's backend);
+//! - [`statefile`]: atomic state files of meta plugins.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cni;
 pub mod error;
 pub mod fw;
+pub mod http;
 pub mod ipam;
 pub mod l3;
+pub mod libcni;
 pub mod netlink;
 pub mod netns;
+pub mod statefile;
 pub mod sysctl;
 pub mod tap;
 

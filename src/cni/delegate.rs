@@ -1,11 +1,15 @@
-//! Running a delegate plugin (IPAM) the way the reference's `invoke` package does: find
-//! `type` in `CNI_PATH`, pass our full environment with `CNI_COMMAND` overridden and our
-//! stdin byte for byte, read a result or an error object (its code is kept).
+//! Running another plugin the way the reference's `invoke` package does: find `type` in
+//! `CNI_PATH`, pass our environment with the `CNI_*` variables of the call (a delegate
+//! gets ours with `CNI_COMMAND` overridden) and stdin byte for byte, read a result or an
+//! error object (its code is kept). Used for IPAM delegation and by [`crate::libcni`].
 //!
 //! When the plugin found in `CNI_PATH` is this very binary and names one of our applets,
 //! it runs in-process instead of being exec'd: through the same harness entry point with
 //! the same environment and stdin, so its checks, its output and its errors are exactly
 //! what an exec would produce, minus a fork/exec and a process start.
+//!
+//! Meta plugins (flannel) delegate a whole attachment with their own config
+//! ([`Attachment`]): the same invocation with another stdin, interface and `CNI_PATH`.
 
 use crate::cni::skel::{self, Command, Ctx, Env, Kind};
 use crate::cni::types::CniResult;
@@ -80,14 +84,60 @@ struct Output {
     stderr: Vec<u8>,
 }
 
-struct OverrideEnv(Command);
+/// One plugin invocation as a runtime makes it: the `CNI_*` environment (every other
+/// variable is inherited from this process, as the reference's `invoke` does) and stdin.
+/// A plugin delegating to IPAM passes on its own values ([`Invocation::from_ctx`]); a
+/// runtime (libcni) builds them from its runtime config.
+#[derive(Clone, Copy, Debug)]
+pub struct Invocation<'a> {
+    pub command: Command,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    /// `CNI_ARGS`, already joined (`K=V;K2=V2`).
+    pub args: &'a str,
+    /// `CNI_PATH`, colon-separated.
+    pub path: &'a str,
+    pub stdin: &'a [u8],
+}
 
-impl Env for OverrideEnv {
+impl<'a> Invocation<'a> {
+    /// The call a plugin makes to its delegate: its own environment and stdin, with
+    /// only the command changed.
+    pub fn from_ctx(ctx: &'a Ctx, command: Command) -> Invocation<'a> {
+        Invocation {
+            command,
+            container_id: &ctx.container_id,
+            netns: &ctx.netns,
+            ifname: &ctx.ifname,
+            args: &ctx.args,
+            path: &ctx.path,
+            stdin: &ctx.stdin,
+        }
+    }
+
+    /// The `CNI_*` variables this invocation sets, in the order the reference sets them.
+    fn cni_env(&self) -> [(&'static str, &str); 6] {
+        [
+            ("CNI_COMMAND", self.command.as_str()),
+            ("CNI_CONTAINERID", self.container_id),
+            ("CNI_NETNS", self.netns),
+            ("CNI_ARGS", self.args),
+            ("CNI_IFNAME", self.ifname),
+            ("CNI_PATH", self.path),
+        ]
+    }
+}
+
+/// An in-process run sees the invocation's `CNI_*` values and this process's other
+/// variables, exactly what an exec'd plugin would see.
+struct InvocationEnv<'a>(&'a Invocation<'a>);
+
+impl Env for InvocationEnv<'_> {
     fn var(&self, name: &str) -> String {
-        if name == "CNI_COMMAND" {
-            self.0.as_str().to_string()
-        } else {
-            std::env::var(name).unwrap_or_default()
+        match self.0.cni_env().iter().find(|(k, _)| *k == name) {
+            Some((_, v)) => v.to_string(),
+            None => std::env::var(name).unwrap_or_default(),
         }
     }
 }
@@ -103,11 +153,11 @@ fn is_self(path: &Path) -> bool {
     }
 }
 
-fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
-    let path = find_in_path(name, &ctx.path)?;
+fn run_plugin(name: &str, inv: &Invocation) -> Result<Output> {
+    let path = find_in_path(name, inv.path)?;
     if std::env::var_os("CNIBOX_NO_INPROCESS").is_none() && is_self(&path) {
         if let Some(Kind::Plugin(p)) = skel::find_applet(name).map(|a| &a.kind) {
-            let out = skel::run(name, p, &OverrideEnv(cmd), &mut ctx.stdin.as_slice());
+            let out = skel::run(name, p, &InvocationEnv(inv), &mut &inv.stdin[..]);
             return Ok(Output {
                 exit_ok: out.exit == 0,
                 stdout: out.stdout,
@@ -115,14 +165,15 @@ fn run_delegate(ctx: &Ctx, name: &str, cmd: Command) -> Result<Output> {
             });
         }
     }
-    exec(&path, ctx, cmd)
+    exec(&path, inv)
 }
 
-fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
+fn exec(path: &Path, inv: &Invocation) -> Result<Output> {
+    let cmd = inv.command;
     let mut tries = 0;
     let mut child = loop {
         let child = std::process::Command::new(path)
-            .env("CNI_COMMAND", cmd.as_str())
+            .envs(inv.cni_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -140,7 +191,7 @@ fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
         }
     };
     let stdin = child.stdin.take();
-    let input = ctx.stdin.clone();
+    let input = inv.stdin.to_vec();
     // Feed stdin and drain both pipes on their own threads, so a plugin that writes a
     // lot before reading cannot deadlock us, and the wait below can have a deadline.
     let feeder = std::thread::spawn(move || {
@@ -207,10 +258,12 @@ fn exec(path: &Path, ctx: &Ctx, cmd: Command) -> Result<Output> {
     })
 }
 
-/// Run `name` for `cmd`; on failure return its error object unchanged.
-fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
-    let out = run_delegate(ctx, name, cmd)?;
-    // The delegate's diagnostics belong to the runtime's log, as with the reference.
+/// Run plugin `name` (found in the invocation's `CNI_PATH`; one of our applets runs
+/// in-process) and return its stdout; a failure is the plugin's error object, its code
+/// unchanged.
+pub fn invoke(name: &str, inv: &Invocation) -> Result<Vec<u8>> {
+    let out = run_plugin(name, inv)?;
+    // The plugin's diagnostics belong to the runtime's log, as with the reference.
     let _ = std::io::stderr().write_all(&out.stderr);
     if out.exit_ok {
         return Ok(out.stdout);
@@ -232,6 +285,12 @@ fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
             )
         ))),
     }
+}
+
+/// A plugin's call to its delegate `name`: its own environment and stdin, `cmd` instead
+/// of its command.
+fn call(ctx: &Ctx, name: &str, cmd: Command) -> Result<Vec<u8>> {
+    invoke(name, &Invocation::from_ctx(ctx, cmd))
 }
 
 /// IPAM ADD: the delegate's result in the 1.x model.
@@ -257,4 +316,51 @@ pub fn status(ctx: &Ctx, name: &str) -> Result<()> {
 
 pub fn gc(ctx: &Ctx, name: &str) -> Result<()> {
     call(ctx, name, Command::Gc).map(|_| ())
+}
+
+/// One attachment run by a meta plugin: plugin `plugin` with config `config` on interface
+/// `ifname`, for the same container, netns and `CNI_ARGS` as the meta plugin's call.
+/// `path` is the `CNI_PATH` the delegate is looked up in and sees.
+pub struct Attachment<'a> {
+    pub plugin: &'a str,
+    pub config: Vec<u8>,
+    pub ifname: &'a str,
+    pub path: &'a str,
+}
+
+impl Attachment<'_> {
+    fn invocation<'a>(&'a self, parent: &'a Ctx, command: Command) -> Invocation<'a> {
+        Invocation {
+            ifname: self.ifname,
+            path: self.path,
+            stdin: &self.config,
+            ..Invocation::from_ctx(parent, command)
+        }
+    }
+
+    /// The delegate's version for parsing a result without its own `cniVersion`.
+    fn version(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.config)
+            .ok()
+            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "0.1.0".to_string())
+    }
+
+    /// ADD: the delegate's result in the 1.x model.
+    pub fn add(&self, parent: &Ctx) -> Result<CniResult> {
+        let stdout = invoke(self.plugin, &self.invocation(parent, Command::Add))?;
+        let v: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+            anyhow!(
+                "failed to parse the result of plugin {:?}: {e}",
+                self.plugin
+            )
+        })?;
+        CniResult::parse_any(&v, &self.version())
+            .with_context(|| format!("invalid result from plugin {:?}", self.plugin))
+    }
+
+    pub fn run(&self, parent: &Ctx, command: Command) -> Result<()> {
+        invoke(self.plugin, &self.invocation(parent, command)).map(|_| ())
+    }
 }

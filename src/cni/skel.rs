@@ -269,7 +269,7 @@ impl Env for ProcessEnv {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) if c.is_ascii_alphanumeric() => {}
@@ -278,7 +278,7 @@ fn valid_name(s: &str) -> bool {
     chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn validate_container_id(id: &str) -> Result<()> {
+pub(crate) fn validate_container_id(id: &str) -> Result<()> {
     if !valid_name(id) {
         return Err(
             CniError::new(Code::InvalidEnv, "invalid characters in containerID")
@@ -289,7 +289,7 @@ fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_ifname(name: &str) -> Result<()> {
+pub(crate) fn validate_ifname(name: &str) -> Result<()> {
     let err = |msg: &str, details: &str| -> Result<()> {
         Err(CniError::new(Code::InvalidEnv, msg)
             .with_details(details)

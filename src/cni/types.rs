@@ -458,7 +458,8 @@ impl CniResult {
     }
 }
 
-fn route_json(r: &Route) -> Value {
+/// A route as the reference marshals `types.Route` (zero fields omitted).
+pub fn route_json(r: &Route) -> Value {
     let mut m = Map::new();
     m.insert("dst".into(), json!(r.dst.to_string()));
     if let Some(gw) = r.gw {
