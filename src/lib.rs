@@ -6,15 +6,19 @@
 //! - [`netlink`]: rtnetlink on neli's socket (links, addresses, routes, bridge ports);
 //! - [`netns`]: entering network namespaces safely;
 //! - [`sysctl`]: `/proc/sys` reads and writes;
-//! - [`error`]: the one CNI error type.
+//! - [`error`]: the one CNI error type;
+//! - [`log`]: the opt-in JSON-lines operation log;
+//! - [`help`]: per-applet help (config keys, example) and the man page.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cni;
 pub mod error;
 pub mod fw;
+pub mod help;
 pub mod ipam;
 pub mod l3;
+pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
