@@ -186,6 +186,24 @@ echo "cnibox bench: $N iterations per step; wall = median wall time of one plugi
 echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, iptables)"
 echo "floor: fork+exec of /bin/true from this shell takes $floor us"
 echo "cnibox: $("$CNIBOX" --version), $(stat -c %s "$(readlink -f "$CNIBOX")") bytes; Go reference: v1.9.1"
+# The static build (make static) next to the dynamic one: size, and start-up as the
+# median wall time of a VERSION call (process start and exit, no kernel work).
+startup_us() {
+  local bin=$1 i t0 t1
+  for i in $(seq "$N"); do
+    t0=$(now_ns); CNI_COMMAND=VERSION "$bin" loopback </dev/null >/dev/null; t1=$(now_ns)
+    echo $(( (t1 - t0) / 1000 ))
+  done | median
+}
+if [ -n "${STATIC:-}" ]; then
+  [ -x "$STATIC" ] || { echo "bench: $STATIC missing (make static)"; exit 1; }
+  for b in "dynamic:$CNIBOX" "static:$STATIC" "go loopback:$ORACLE/loopback"; do
+    label=${b%%:*} bin=${b#*:}
+    [ "$label" = "go loopback" ] && { sz=$(stat -c %s "$bin"); t=$(for i in $(seq "$N"); do t0=$(now_ns); CNI_COMMAND=VERSION "$bin" </dev/null >/dev/null; t1=$(now_ns); echo $(( (t1 - t0) / 1000 )); done | median); } \
+      || { sz=$(stat -c %s "$(readlink -f "$bin")"); t=$(startup_us "$bin"); }
+    printf '%-36s %9d bytes, start-up (VERSION) %6d us\n' "build: $label" "$sz" "$t"
+  done
+fi
 scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
