@@ -22,9 +22,14 @@ fn sh(cmd: &str, args: &[&str]) -> String {
 fn built() -> &'static Path {
     static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DEB.get_or_init(|| {
-        // Under target/ (replaced by the next run), not left in /tmp.
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deb-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_TARGET_TMPDIR")));
+        // Under target/ (earlier runs' packages removed), not left in /tmp.
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("deb-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let d = tmp.join(format!("deb-{}", std::process::id()));
         build(&d)
     })
 }

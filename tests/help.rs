@@ -180,7 +180,11 @@ fn every_example_config_passes_its_applets_validation() {
             .call(&name, "ADD", &conf)
             .netns(missing.to_str().unwrap())
             .run();
-        eprintln!("{name}: exit {} {}", out.code, out.stdout.replace('\n', " "));
+        eprintln!(
+            "{name}: exit {} {}",
+            out.code,
+            out.stdout.replace('\n', " ")
+        );
         if out.code == 0 {
             out.ok();
             rig.call(&name, "DEL", &conf)
