@@ -10,7 +10,8 @@
 #   make man      the man page from the binary's own help table: target/man/cnibox.1
 #   make deb      Debian package (dpkg-deb): target/deb/cnibox_VERSION_amd64.deb
 #   make deb-check  install the .deb over Debian's plugins, ADD/DEL, purge, reinstall
-#                 Debian's (changes the machine: throwaway CI machines only)
+#                 Debian's: on the machine itself when CI is set (throwaway machines),
+#                 elsewhere inside an overlay copy of / (packaging/deb/overlay.sh)
 SHELL := /bin/bash
 CARGO ?= cargo
 LOCKED := $(if $(CI),--locked,)
@@ -76,8 +77,11 @@ man: build
 deb: build
 	packaging/deb/build.sh target/release/cnibox target/deb
 
+# On CI (throwaway machine) for real; elsewhere in an overlay copy of / that vanishes.
 deb-check: deb
-	packaging/deb/check.sh target/deb
+	if [ -n "$(CI)" ]; then packaging/deb/check.sh target/deb; else \
+		cp packaging/deb/check.sh target/deb/ && \
+		packaging/deb/overlay.sh target/deb bash /cnibox-overlay/check.sh /cnibox-overlay; fi
 
 # The fuzzers run in a network namespace of their own: the harness target runs real
 # applets (with a netns path that does not exist, so they stop at validation), and this

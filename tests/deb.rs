@@ -68,7 +68,10 @@ fn the_package_replaces_debians_plugins_and_ships_every_applet() {
     assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
     assert_eq!(field("Conflicts"), "containernetworking-plugins");
     assert_eq!(field("Replaces"), "containernetworking-plugins");
-    assert_eq!(field("Provides"), "containernetworking-plugins (= 1.9.1)");
+    assert_eq!(
+        field("Provides"),
+        "containernetworking-plugins (= 1.9.1), container-network-stack (= 1)"
+    );
     assert!(
         field("Depends").starts_with("libc6 (>= 2."),
         "{}",

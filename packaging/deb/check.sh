@@ -31,8 +31,17 @@ step "Debian's containernetworking-plugins installed first"
 dpkg -s containernetworking-plugins >/dev/null 2>&1 || apt_q install --no-install-recommends containernetworking-plugins
 [ -f /usr/lib/cni/bridge ] && [ ! -L /usr/lib/cni/bridge ] || fail "Debian's /usr/lib/cni/bridge is not there"
 
+installed() { dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort; }
+before=$(installed)
+
 step "install $deb (replaces Debian's package)"
 apt_q install --no-install-recommends "$deb"
+after=$(installed)
+# Only Debian's plugins go (what depends on them, containerd say, stays: Provides).
+[ "$(comm -23 <(echo "$before") <(echo "$after"))" = containernetworking-plugins ] ||
+  fail "removed: $(comm -23 <(echo "$before") <(echo "$after") | tr '\n' ' ')"
+[ "$(comm -13 <(echo "$before") <(echo "$after"))" = cnibox ] ||
+  fail "added: $(comm -13 <(echo "$before") <(echo "$after") | tr '\n' ' ')"
 dpkg -s containernetworking-plugins 2>/dev/null | grep -q '^Status: install ok installed' &&
   fail "containernetworking-plugins is still installed"
 [ "$(dpkg-query -W -f '${Status}' cnibox)" = "install ok installed" ] || fail "cnibox not installed"
@@ -61,6 +70,8 @@ ip -n "$contns" link show dev eth0 >/dev/null 2>&1 && fail "eth0 left after DEL"
 
 step "purge: nothing of the package left"
 apt_q purge cnibox
+# What needed a container network stack (podman, ...) goes with it; put back below.
+gone=$(comm -23 <(echo "$after") <(installed) | grep -vx cnibox || true)
 dpkg-query -W -f '${Status}' cnibox 2>/dev/null | grep -q installed && fail "cnibox still installed"
 [ -e /usr/bin/cnibox ] && fail "/usr/bin/cnibox left"
 [ -e /usr/share/man/man1/cnibox.1.gz ] && fail "man page left"
@@ -69,8 +80,10 @@ for l in /usr/lib/cni/* /opt/cni/bin/*; do
   [ -L "$l" ] && [ "$(readlink "$l")" = ../../bin/cnibox ] && fail "$l left"
 done
 
-step "Debian's containernetworking-plugins installs again"
-apt_q install --no-install-recommends containernetworking-plugins
+step "Debian's containernetworking-plugins installs again (with: $(echo $gone))"
+# shellcheck disable=SC2086
+apt_q install --no-install-recommends containernetworking-plugins $gone
+[ "$(installed)" = "$before" ] || fail "packages differ from before: $(diff <(echo "$before") <(installed) | tr '\n' ' ')"
 [ -f /usr/lib/cni/bridge ] && [ ! -L /usr/lib/cni/bridge ] || fail "Debian's bridge not back"
 CNI_COMMAND=VERSION /usr/lib/cni/bridge </dev/null | grep -q supportedVersions || fail "Debian's bridge does not run"
 step "ok"
