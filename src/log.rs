@@ -267,7 +267,8 @@ fn append(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     let md = f.metadata()?;
     if let Ok(out) = nix::sys::stat::fstat(std::io::stdout()) {
-        if md.dev() == out.st_dev as u64 && md.ino() == out.st_ino as u64 {
+        let (dev, ino): (u64, u64) = (out.st_dev, out.st_ino);
+        if md.dev() == dev && md.ino() == ino {
             return Err(std::io::Error::other(
                 "is this plugin's stdout, which carries only the CNI result: not logging there",
             ));
