@@ -11,8 +11,14 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Build (or find up to date) the static binary through the Makefile's own target.
+/// Build (or find up to date) the static binary through the Makefile's own target,
+/// once per test run (the tests here run in parallel).
 fn static_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(make_static).clone()
+}
+
+fn make_static() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("make")
         .args(["-s", "static"])
