@@ -291,3 +291,25 @@ fn off_unless_a_file_is_named() {
     .run()
     .fails_with(4, "CNIBOX_LOG_FILE");
 }
+
+/// A call refused before its config is read (a bad environment) is logged too.
+#[test]
+fn environment_errors_are_logged() {
+    let rig = Rig::new();
+    let log = rig.dir.join("env-err.jsonl");
+    rig.call(
+        "loopback",
+        "ADD",
+        &json!({"cniVersion": "1.0.0", "name": "lonet"}),
+    )
+    .ifname("bad/name")
+    .env("CNIBOX_LOG_FILE", log.to_str().unwrap())
+    .run()
+    .fails_with(4, "interface name");
+    let l = &lines(&log)[0];
+    assert_eq!(
+        (l["command"].as_str(), l["code"].as_u64()),
+        (Some("ADD"), Some(4))
+    );
+    assert_eq!(l["ifname"], "bad/name");
+}

@@ -353,6 +353,11 @@ pub fn run(name: &str, plugin: &Plugin, env: &dyn Env, stdin: &mut dyn Read) -> 
         }
     }
     if !op.command.is_empty() {
+        // A call refused before the settings were read (a missing CNI_* variable) is
+        // still logged where the environment says.
+        if op.settings.is_none() {
+            op.settings = log::Settings::resolve(&|k: &str| env.var(k), None).ok();
+        }
         log::record(
             name,
             &op,
