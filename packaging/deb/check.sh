@@ -4,7 +4,8 @@
 # Installs the .deb over Debian's containernetworking-plugins (apt removes it: Conflicts
 # + Replaces), runs a bridge + host-local ADD/DEL through /usr/lib/cni/bridge in
 # throwaway namespaces, purges the package, checks that nothing of it is left, and
-# reinstalls Debian's plugins. This CHANGES THE MACHINE (/usr/lib/cni, the dpkg
+# reinstalls Debian's plugins (and whatever needed them). CNIBOX_DEB_CHECK_E2E=CMD runs
+# CMD against /usr/lib/cni while the package is installed. This CHANGES THE MACHINE (/usr/lib/cni, the dpkg
 # database): it refuses to run unless CI is set or CNIBOX_DEB_CHECK=yes.
 set -euo pipefail
 debdir=${1:?usage: check.sh DEBDIR}
@@ -67,6 +68,13 @@ ip -n "$contns" -br addr show dev eth0 | grep -q '10.93.0.2/24' || fail "no addr
 out=$(call DEL) || fail "DEL: $out"
 ip -n "$contns" link show dev eth0 >/dev/null 2>&1 && fail "eth0 left after DEL"
 [ -f "$work/ipam/debcheck/10.93.0.2" ] && fail "reservation left after DEL"
+
+# Hook for an end-to-end run against the installed plugins (the containerd e2e, say):
+# a command run with CNI_BIN_DIR=/usr/lib/cni while the package is installed.
+if [ -n "${CNIBOX_DEB_CHECK_E2E:-}" ]; then
+  step "e2e against /usr/lib/cni: $CNIBOX_DEB_CHECK_E2E"
+  CNI_BIN_DIR=/usr/lib/cni bash -c "$CNIBOX_DEB_CHECK_E2E" || fail "e2e: $CNIBOX_DEB_CHECK_E2E"
+fi
 
 step "purge: nothing of the package left"
 apt_q purge cnibox
