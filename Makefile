@@ -6,6 +6,12 @@
 #   make install  ./install.sh (PREFIX, CNI_BIN_DIR)
 #   make bench    cnibox vs the Go reference plugins, side by side
 #   make fuzz     run every cargo-fuzz target for FUZZ_TIME seconds (nightly; own netns)
+#   make static   fully static binary (glibc, static-pie): target/static/cnibox
+#   make man      the man page from the binary's own help table: target/man/cnibox.1
+#   make deb      Debian package (dpkg-deb): target/deb/cnibox_VERSION_amd64.deb
+#   make deb-check  install the .deb over Debian's plugins, ADD/DEL, purge, reinstall
+#                 Debian's: on the machine itself when CI is set (throwaway machines),
+#                 elsewhere inside an overlay copy of / (packaging/deb/overlay.sh)
 SHELL := /bin/bash
 CARGO ?= cargo
 LOCKED := $(if $(CI),--locked,)
@@ -15,7 +21,7 @@ VMTEST ?= $(abspath ../shared/vmtest/run-in-vm)
 ORACLE_DIR := target/oracle
 APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack containerd runc podman conmon busybox-static
 
-.PHONY: build check test test-host test-vm lint install deps oracle bench fuzz clean
+.PHONY: build check test test-host test-vm lint install deps oracle bench fuzz clean static man deb deb-check
 
 build:
 	$(CARGO) build --release $(LOCKED)
@@ -52,8 +58,30 @@ deps:
 oracle:
 	../shared/oracle/unpack $(ORACLE_DIR)
 
-bench: build oracle
-	bench/run.sh
+bench: build static oracle
+	STATIC=target/static/cnibox bench/run.sh
+
+# glibc's crt-static with the target named explicitly, so that build scripts and proc
+# macros stay dynamic host code and only the binary is static (static-pie on x86_64).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release $(LOCKED) --target $(STATIC_TARGET)
+	mkdir -p target/static
+	cp target/$(STATIC_TARGET)/release/cnibox target/static/cnibox.tmp
+	mv -f target/static/cnibox.tmp target/static/cnibox
+
+man: build
+	mkdir -p target/man
+	target/release/cnibox --man > target/man/cnibox.1
+
+deb: build
+	packaging/deb/build.sh target/release/cnibox target/deb
+
+# On CI (throwaway machine) for real; elsewhere in an overlay copy of / that vanishes.
+deb-check: deb
+	if [ -n "$(CI)" ]; then packaging/deb/check.sh target/deb; else \
+		cp packaging/deb/check.sh target/deb/ && \
+		packaging/deb/overlay.sh target/deb bash /cnibox-overlay/check.sh /cnibox-overlay; fi
 
 # The fuzzers run in a network namespace of their own: the harness target runs real
 # applets (with a netns path that does not exist, so they stop at validation), and this

@@ -2,7 +2,8 @@
 //!
 //! Runtimes exec plugins by name from `CNI_PATH`; every name there is a symlink to this
 //! binary, so `basename(argv[0])` selects the applet. `cnibox <applet>` works too, and
-//! `cnibox` on its own offers `--list`, `--install DIR`, `--help` and `--version`.
+//! `cnibox` on its own offers `--list`, `--install DIR`, `--help`, `--man` and `--version`;
+//! `cnibox APPLET --help` (or a link run with a sole `--help`) shows the applet's keys.
 //! Plugin applets never see clap: every CNI failure must stay a JSON error object.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -77,6 +78,12 @@ fn main() {
 
 fn run_applet(applet: &Applet, args: &[String]) -> i32 {
     match &applet.kind {
+        // A plugin takes no arguments from a runtime, so a sole `--help` can only be a
+        // person asking; anything else still runs the plugin as CNI demands.
+        Kind::Plugin(_) if matches!(args, [only] if only == "--help") => {
+            print!("{}", cnibox::help::applet_text(applet));
+            0
+        }
         Kind::Plugin(p) => skel::plugin_main(applet.name, p),
         Kind::Tool(main) => main(args),
     }
@@ -105,6 +112,7 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
                  each link runs that plugin.";
     let cmd = Command::new("cnibox")
         .about(about)
+        .after_help(cnibox::help::frontend_text(APPLETS))
         .disable_version_flag(true)
         .arg(
             Arg::new("version")
@@ -122,7 +130,20 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
             Arg::new("list")
                 .long("list")
                 .action(ArgAction::SetTrue)
-                .help("list the applets, one per line"),
+                .help("list the applets, one name per line (for scripts)"),
+        )
+        .arg(
+            Arg::new("long")
+                .long("long")
+                .short('l')
+                .action(ArgAction::SetTrue)
+                .help("with --list: each with its one-line description"),
+        )
+        .arg(
+            Arg::new("man")
+                .long("man")
+                .action(ArgAction::SetTrue)
+                .help("print the man page cnibox(1) (roff)"),
         )
         .arg(
             Arg::new("install")
@@ -158,8 +179,19 @@ fn frontend(base: &str, argv: &[String]) -> i32 {
     }
     if m.get_flag("list") {
         for a in APPLETS {
-            println!("{}", a.name);
+            if m.get_flag("long") {
+                println!("{:<12} {}", a.name, a.about);
+            } else {
+                println!("{}", a.name);
+            }
         }
+        return 0;
+    }
+    if m.get_flag("man") {
+        print!(
+            "{}",
+            cnibox::help::man_page(APPLETS, env!("CARGO_PKG_VERSION"))
+        );
         return 0;
     }
     if let Some(dir) = m.get_one::<String>("install") {

@@ -189,6 +189,40 @@ echo "cnibox bench: $N iterations per step; wall = median wall time of one plugi
 echo "cpu = mean user+sys CPU time of that call and everything it ran (IPAM, iptables)"
 echo "floor: fork+exec of /bin/true from this shell takes $floor us"
 echo "cnibox: $("$CNIBOX" --version), $(stat -c %s "$(readlink -f "$CNIBOX")") bytes; Go reference: v1.9.1"
+# The static build (make static) next to the dynamic one (and the Go loopback plugin, a
+# static Go binary): size, and start-up as a VERSION call (process start and exit, no
+# kernel work): median wall time, and mean user+sys CPU from the shell's children totals
+# (steadier than wall time on a busy machine).
+# cpu_ms FILE: children's user+sys ms from the output of `times` (which must run in
+# the measuring shell itself, not in a $(...) subshell).
+cpu_ms() {
+  tail -1 "$1" | awk '{n = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); n += p[1] * 60000 + p[2] * 1000 } printf "%d", n}'
+}
+startup() {
+  local i t0 t1 a b
+  for i in $(seq "$N"); do
+    t0=$(now_ns); CNI_COMMAND=VERSION "$@" </dev/null >/dev/null; t1=$(now_ns)
+    echo $(( (t1 - t0) / 1000 ))
+  done | median >"$work/wall"
+  times >"$work/times.a"
+  for i in $(seq "$N"); do CNI_COMMAND=VERSION "$@" </dev/null >/dev/null; done
+  times >"$work/times.b"
+  a=$(cpu_ms "$work/times.a") b=$(cpu_ms "$work/times.b")
+  echo "$(cat "$work/wall") $(( (b - a) * 1000 / N ))"
+}
+if [ -n "${STATIC:-}" ]; then
+  [ -x "$STATIC" ] || { echo "bench: $STATIC missing (make static)"; exit 1; }
+  for label in dynamic static "go loopback"; do
+    case $label in
+      dynamic) cmd=("$CNIBOX" loopback) ;;
+      static) cmd=("$STATIC" loopback) ;;
+      *) cmd=("$ORACLE/loopback") ;;
+    esac
+    read -r wall cpu < <(startup "${cmd[@]}")
+    printf '%-36s %9d bytes | start-up (VERSION): wall %5d us, cpu %5d us\n' \
+      "build: $label" "$(stat -c %s "$(readlink -f "${cmd[0]}")")" "$wall" "$cpu"
+  done
+fi
 scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'

@@ -9,17 +9,21 @@
 //! - [`error`]: the one CNI error type;
 //! - [`libcni`]: the runtime side (load a network, run its plugin list, the result cache);
 //! - [`http`]: a small blocking HTTP/1.1 client with deadlines (multinet's backend);
-//! - [`statefile`]: atomic state files of meta plugins.
+//! - [`statefile`]: atomic state files of meta plugins;
+//! - [`log`]: the opt-in JSON-lines operation log;
+//! - [`help`]: per-applet help (config keys, example) and the man page.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cni;
 pub mod error;
 pub mod fw;
+pub mod help;
 pub mod http;
 pub mod ipam;
 pub mod l3;
 pub mod libcni;
+pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod statefile;

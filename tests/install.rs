@@ -1,6 +1,7 @@
 //! `--install` next to plugins that are not ours: a foreign symlink (a distro's plugin)
 //! is kept unless forced, `--backup` keeps the original as NAME.cnibox-orig and
-//! `install.sh --uninstall` puts it back; a dangling link is simply replaced.
+//! `install.sh --uninstall` puts it back; a dangling link is simply replaced. The same
+//! for the binary and the man page install.sh replaces in its prefix.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -86,9 +87,26 @@ fn backup_keeps_the_originals_and_uninstall_restores_them() {
     };
     let (ok, out) = run(&[]);
     assert!(!ok, "plain install must refuse the existing plugins: {out}");
-    let (ok, out) = run(&["--backup"]);
+    // An older cnibox and man page in the prefix, replaced and restored like the plugins.
+    std::fs::write(prefix.join("bin/cnibox"), "#!/bin/sh\necho old cnibox\n").unwrap();
+    std::fs::write(prefix.join("share/man/man1/cnibox.1"), ".TH OLD 1\n").unwrap();
+    let (ok, out) = run(&["--install", "--backup"]);
     assert!(ok, "{out}");
     let installed = prefix.join("bin/cnibox");
+    let man = prefix.join("share/man/man1/cnibox.1");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(exe()).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(prefix.join("bin/cnibox.cnibox-orig")).unwrap(),
+        "#!/bin/sh\necho old cnibox\n"
+    );
+    assert_eq!(std::fs::read_to_string(&man).unwrap(), cnibox(&["--man"]).1);
+    assert_eq!(
+        std::fs::read_to_string(prefix.join("share/man/man1/cnibox.1.cnibox-orig")).unwrap(),
+        ".TH OLD 1\n"
+    );
     assert_eq!(std::fs::read_link(cni.join("bridge")).unwrap(), installed);
     assert_eq!(
         std::fs::read_to_string(cni.join("bridge.cnibox-orig")).unwrap(),
@@ -105,6 +123,13 @@ fn backup_keeps_the_originals_and_uninstall_restores_them() {
 
     let (ok, out) = run(&["--uninstall"]);
     assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&installed).unwrap(),
+        "#!/bin/sh\necho old cnibox\n"
+    );
+    assert_eq!(std::fs::read_to_string(&man).unwrap(), ".TH OLD 1\n");
+    assert!(!prefix.join("bin/cnibox.cnibox-orig").exists());
+    assert!(!prefix.join("share/man/man1/cnibox.1.cnibox-orig").exists());
     assert_eq!(
         std::fs::read_to_string(cni.join("bridge")).unwrap(),
         "go bridge"

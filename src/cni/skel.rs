@@ -10,6 +10,9 @@
 //! - error objects carry `cniVersion`;
 //! - a result is always re-shaped for the requested version, and if it cannot be
 //!   (an L2 result under 0.2.0), ADD is rolled back with DEL before the error is printed.
+//!
+//! Every call that names a command is also recorded by [`crate::log`] when the operator
+//! turned the log on (never on stdout).
 
 use crate::cni::args::CniArgs;
 use crate::cni::decode;
@@ -17,6 +20,7 @@ use crate::cni::types::{
     shape_of, to_pretty, version_at_least, CniResult, ALL_VERSIONS, CURRENT_VERSION,
 };
 use crate::error::{cni_err, CniError, Code};
+use crate::log;
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -339,19 +343,35 @@ pub fn run(name: &str, plugin: &Plugin, env: &dyn Env, stdin: &mut dyn Read) -> 
         stderr: Vec::new(),
         exit: 0,
     };
-    let mut version_for_errors = String::new();
-    match dispatch(name, plugin, env, stdin, &mut out, &mut version_for_errors) {
+    let started = std::time::Instant::now();
+    let mut op = log::Op::default();
+    match dispatch(name, plugin, env, stdin, &mut out, &mut op) {
         Ok(()) => {}
         Err(e) => {
             let mut ce = CniError::from_anyhow(&e);
-            if shape_of(&version_for_errors).is_some() && !version_for_errors.is_empty() {
-                ce.cni_version = version_for_errors;
+            if shape_of(&op.cni_version).is_some() && !op.cni_version.is_empty() {
+                ce.cni_version = op.cni_version.clone();
             }
             let v =
                 serde_json::to_value(&ce).unwrap_or_else(|_| json!({"code": 999, "msg": "error"}));
             out.stdout = to_pretty(&v);
             out.exit = 1;
         }
+    }
+    if !op.command.is_empty() {
+        // A call refused before the settings were read (a missing CNI_* variable) is
+        // still logged where the environment says.
+        if op.settings.is_none() {
+            op.settings = log::Settings::resolve(&|k: &str| env.var(k), None).ok();
+        }
+        log::record(
+            name,
+            &op,
+            started.elapsed(),
+            out.exit,
+            &out.stdout,
+            &mut out.stderr,
+        );
     }
     out
 }
@@ -362,7 +382,7 @@ fn dispatch(
     env: &dyn Env,
     stdin: &mut dyn Read,
     out: &mut Outcome,
-    version_for_errors: &mut String,
+    op: &mut log::Op,
 ) -> Result<()> {
     let cmd_s = env.var("CNI_COMMAND");
     if cmd_s.is_empty() {
@@ -380,6 +400,10 @@ fn dispatch(
         return Ok(());
     }
     let cmd = Command::parse(&cmd_s);
+    op.command = cmd_s.clone();
+    op.container_id = env.var("CNI_CONTAINERID");
+    op.netns = env.var("CNI_NETNS");
+    op.ifname = env.var("CNI_IFNAME");
 
     // Environment, in the reference's order: the first invalid value is reported at
     // once, missing variables are collected and reported together.
@@ -422,6 +446,15 @@ fn dispatch(
             format!("unknown CNI_COMMAND: {cmd_s}"),
         ));
     };
+    // Logging as the environment asks, until the config can say more. A bad setting is
+    // refused like any other, except by DEL, which must never fail over something ADD
+    // would refuse (it then logs as far as the good settings allow).
+    let env_var = |k: &str| env.var(k);
+    match log::Settings::resolve(&env_var, None) {
+        Ok(s) => op.settings = Some(s),
+        Err(e) if cmd != Command::Del => return Err(e),
+        Err(_) => {}
+    }
 
     let mut stdin_data = Vec::new();
     stdin
@@ -473,7 +506,16 @@ fn dispatch(
     if conf.cni_version.is_empty() {
         conf.cni_version = "0.1.0".to_string();
     }
-    *version_for_errors = conf.cni_version.clone();
+    op.cni_version = conf.cni_version.clone();
+    op.network = conf.name.clone();
+    match log::Settings::resolve(&env_var, Some(&raw)) {
+        Ok(s) => op.settings = Some(s),
+        Err(e) if cmd != Command::Del => return Err(e),
+        Err(_) => {}
+    }
+    if op.settings.as_ref().is_some_and(log::Settings::is_debug) {
+        op.config = Some(raw.clone());
+    }
     let version = conf.cni_version.clone();
 
     let min = match cmd {
@@ -527,6 +569,7 @@ fn dispatch(
         Command::Add => {
             let result = (plugin.add)(&ctx)?;
             out.stdout = to_pretty(&render_or_undo(plugin, &ctx, &result)?);
+            op.note_result(&result);
         }
         Command::Del => (plugin.del)(&ctx)?,
         Command::Check => (plugin.check)(&ctx)?,
