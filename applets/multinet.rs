@@ -111,16 +111,6 @@ impl Conf {
                 ));
             }
         }
-        match c.log_level.as_str() {
-            "" | "error" | "info" | "debug" => {}
-            other => {
-                return Err(cnibox::cni::value::invalid(
-                    "logLevel",
-                    format!("{other:?}"),
-                    "is not a level (\"error\", \"info\" or \"debug\")",
-                ))
-            }
-        }
         Ok(c)
     }
 
@@ -172,52 +162,33 @@ impl Conf {
 }
 
 /// A small log for operators (`logFile`, `logLevel`): one line per event, appended.
+/// Attach/detach lines in the operation log (`logFile`/`logLevel`, or the environment's
+/// `CNIBOX_LOG_*`), beside the harness's line for the whole call.
 struct Log {
-    file: Option<std::fs::File>,
-    level: u8,
+    settings: cnibox::log::Settings,
 }
 
 impl Log {
     fn open(conf: &Conf) -> Log {
-        let file = (!conf.log_file.is_empty())
-            .then(|| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&conf.log_file)
-                    .ok()
-            })
-            .flatten();
-        let level = match conf.log_level.as_str() {
-            "error" => 0,
-            "debug" => 2,
-            _ => 1,
-        };
-        Log { file, level }
+        let raw = serde_json::json!({"logFile": conf.log_file, "logLevel": conf.log_level});
+        // The harness has refused bad values for ADD already; DEL logs what it can.
+        let settings =
+            cnibox::log::Settings::resolve(&|k| std::env::var(k).unwrap_or_default(), Some(&raw))
+                .unwrap_or_default();
+        Log { settings }
     }
 
-    fn write(&self, level: u8, msg: &str) {
-        use std::io::Write;
-        if level > self.level {
-            return;
-        }
-        if let Some(mut f) = self.file.as_ref() {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let name = ["error", "info", "debug"][usize::from(level.min(2))];
-            let _ = writeln!(f, "{t} [{name}] multinet: {msg}");
-        }
+    fn write(&self, level: cnibox::log::Level, msg: &str) {
+        cnibox::log::event(&self.settings, level, "multinet", msg);
     }
     fn error(&self, msg: &str) {
-        self.write(0, msg)
+        self.write(cnibox::log::Level::Error, msg)
     }
     fn info(&self, msg: &str) {
-        self.write(1, msg)
+        self.write(cnibox::log::Level::Info, msg)
     }
     fn debug(&self, msg: &str) {
-        self.write(2, msg)
+        self.write(cnibox::log::Level::Debug, msg)
     }
 }
 

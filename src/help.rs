@@ -147,6 +147,17 @@ pub static HELP: &[AppletHelp] = &[
         example: r#"{"cniVersion":"1.0.0","name":"mynet","type":"firewall","backend":"nftables","ingressPolicy":"same-bridge"}"#,
     },
     AppletHelp {
+        name: "flannel",
+        kind: "delegating",
+        keys: &[
+            k("subnetFile", "string", "/run/flannel/subnet.env", "flanneld's lease: FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_*, FLANNEL_MTU, FLANNEL_IPMASQ"),
+            k("dataDir", "string", "/var/lib/cni/flannel", "where the delegate config of each container is saved (DEL uses the saved copy)"),
+            k("delegate", "object", "{\"type\":\"bridge\"}", "keys of the delegate config (type, bridge, hairpinMode, ...); name and ipam are not allowed"),
+            IPAM_OPT,
+        ],
+        example: r#"{"cniVersion":"1.0.0","name":"cbr0","type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}}"#,
+    },
+    AppletHelp {
         name: "host-device",
         kind: "main",
         keys: &[
@@ -208,6 +219,19 @@ pub static HELP: &[AppletHelp] = &[
             IPAM_OPT,
         ],
         example: r#"{"cniVersion":"1.0.0","name":"mynet","type":"macvlan","master":"eth0","mode":"bridge","ipam":{"type":"host-local","subnet":"192.168.1.0/24","rangeStart":"192.168.1.100","rangeEnd":"192.168.1.200","gateway":"192.168.1.1"}}"#,
+    },
+    AppletHelp {
+        name: "multinet",
+        kind: "delegating",
+        keys: &[
+            k("confDir", "string", "", "directory of the network configs to attach, found by name (required)"),
+            k("binDir", "string", "", "extra plugin directory, searched before CNI_PATH"),
+            k("backend", "string (http:// URL)", "", "inventory asked GET <backend>?podName=<K8S_POD_NAME> for the networks and addresses"),
+            k("networks", "list of {type, podIp, subnetMask, gateway, ifName, master}", "", "a fixed list instead of backend (exactly one master)"),
+            k("stateDir", "string", "/var/lib/cni/multinet", "records of what each container has attached (DEL works from them)"),
+            k("timeout", "number (s)", "10", "how long the backend has to answer (then code 11)"),
+        ],
+        example: r#"{"cniVersion":"1.1.0","name":"pods","type":"multinet","confDir":"/etc/cni/multinet.d","backend":"http://127.0.0.1:8089/ipam","timeout":10}"#,
     },
     AppletHelp {
         name: "portmap",
@@ -309,6 +333,9 @@ fn kind_text(kind: &str) -> &'static str {
         "main" => "main plugin: makes the container's interface",
         "ipam" => "IPAM plugin: hands out addresses, run by a main plugin (its \"ipam\" section)",
         "meta" => "meta plugin: chained after a main plugin in a conflist, works on prevResult",
+        "delegating" => {
+            "delegating plugin: decides which networks to attach and runs their plugins"
+        }
         _ => "",
     }
 }

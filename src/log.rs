@@ -254,6 +254,24 @@ pub fn record(
     }
 }
 
+/// One line about a step inside a call (a meta plugin's attach or detach), in the same
+/// file and format as the per-call lines: `ts`, `level`, `applet`, `pid`, `msg`.
+pub fn event(settings: &Settings, level: Level, applet: &str, msg: &str) {
+    let Some(path) = &settings.file else { return };
+    if level == Level::Off || level > settings.level() {
+        return;
+    }
+    let line = json!({"ts": rfc3339(SystemTime::now()), "level": level.name(), "applet": applet,
+        "pid": std::process::id(), "msg": msg});
+    let Ok(mut bytes) = serde_json::to_vec(&line) else {
+        return;
+    };
+    bytes.push(b'\n');
+    if let Err(e) = append(path, &bytes) {
+        eprintln!("cnibox: log file {}: {e}", path.display());
+    }
+}
+
 /// One `write(2)` on an `O_APPEND` file: the kernel appends the whole line at the end
 /// under the inode lock, so lines from concurrent processes never mix. A log file that
 /// turns out to be our own stdout is refused: stdout belongs to the runtime.

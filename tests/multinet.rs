@@ -302,13 +302,29 @@ fn fixed_list_instead_of_a_backend() {
     std::fs::remove_dir_all(rig.dir.join("net.d")).unwrap();
     rig.call("multinet", "DEL", &c).run().ok();
     assert_detached(&rig, &rig.cont);
+    // The attach/detach lines share the operation log with the harness's line per call.
     let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
     for want in [
-        "[info] multinet: ctr1: attached network \"net-bridge\" as eth0",
-        "[info] multinet: ctr1: detached network \"net-ptp\" (net1)",
+        "ctr1: attached network \"net-bridge\" as eth0",
+        "ctr1: detached network \"net-ptp\" (net1)",
     ] {
-        assert!(text.contains(want), "{want} not in the log: {text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["applet"] == "multinet" && l["level"] == "info" && l["msg"] == want),
+            "{want} not in the log: {text}"
+        );
     }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["command"] == "DEL" && l["ok"] == true),
+        "no line for the DEL call: {text}"
+    );
 }
 
 #[test]
