@@ -11,6 +11,7 @@ use cnibox::cni::skel::{self, Applet, Kind};
 
 mod bandwidth;
 mod bridge;
+mod dhcp;
 mod dummy;
 mod firewall;
 #[path = "host-device.rs"]
@@ -35,6 +36,7 @@ mod vrf;
 static APPLETS: &[Applet] = &[
     bandwidth::APPLET,
     bridge::APPLET,
+    dhcp::APPLET,
     dummy::APPLET,
     firewall::APPLET,
     host_device::APPLET,
@@ -70,6 +72,10 @@ fn main() {
 }
 
 fn run_applet(applet: &Applet, args: &[String]) -> i32 {
+    // `dhcp daemon [flags]` (argv[0] dhcp, or `cnibox dhcp daemon`): the lease keeper.
+    if applet.name == "dhcp" && args.first().map(String::as_str) == Some("daemon") {
+        return dhcp::daemon_main(args.get(1..).unwrap_or(&[]));
+    }
     match &applet.kind {
         Kind::Plugin(p) => skel::plugin_main(applet.name, p),
         Kind::Tool(main) => main(args),
