@@ -117,6 +117,7 @@ fn code_from(c: u32) -> Option<Code> {
         6 => Code::Decode,
         7 => Code::InvalidConfig,
         11 => Code::TryAgainLater,
+        999 => Code::Internal,
         _ => return None,
     })
 }
@@ -272,6 +273,8 @@ pub fn daemon_main(args: &[String]) -> i32 {
             .help(help)
     };
     let cmd = Command::new("dhcp daemon")
+        // Go's flag package: a repeated flag takes the last value.
+        .args_override_self(true)
         .about("Serve DHCP leases to the dhcp plugin over a unix socket")
         .arg(Arg::new("pidfile").long("pidfile").default_value("").help("optional path to write daemon PID to"))
         .arg(Arg::new("hostprefix").long("hostprefix").default_value("").help("optional prefix to host root"))

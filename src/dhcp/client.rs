@@ -412,10 +412,14 @@ pub fn with_retries<T>(
         let base = if fast > 0 { FAST_DELAY } else { delay };
         let sleep = Duration::from_millis((base.as_millis() as i64 + jitter_ms).max(0) as u64);
         if start.elapsed() + sleep >= p.resend_timeout {
-            return Err(err.context(format!(
-                "no more tries after {:?} (-resendtimeout)",
-                p.resend_timeout
-            )));
+            // The budget ran out: a bounded wait, try again later.
+            return Err(crate::error::cni_err(
+                crate::error::Code::TryAgainLater,
+                format!(
+                    "no more tries after {:?} (-resendtimeout): {err:#}",
+                    p.resend_timeout
+                ),
+            ));
         }
         if stop(sleep) {
             return Err(err.context("stopped"));
