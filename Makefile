@@ -13,7 +13,7 @@ PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 VMTEST ?= $(abspath ../shared/vmtest/run-in-vm)
 ORACLE_DIR := target/oracle
-APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack
+APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack dnsmasq-base
 
 .PHONY: build check test test-host test-vm lint install deps oracle bench fuzz clean
 

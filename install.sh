@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install cnibox and one symlink per plugin into the CNI bin dir.
 #   ./install.sh [--prefix DIR] [--cni-bin-dir DIR] [--binary PATH] [--force|--backup] [--uninstall]
+#                [--with-dhcp-units]  (cni-dhcp.socket/.service into $SYSTEMD_UNIT_DIR, default /etc/systemd/system)
 # Builds a release binary unless --binary is given. Idempotent. The binary is replaced
 # atomically (temp file + rename), so a runtime exec'ing a plugin meanwhile never gets
 # "text file busy" or a half-written file. Plugins already in the CNI bin dir (files, or
@@ -12,6 +13,8 @@ cni_bin_dir=/opt/cni/bin
 binary=""
 force=""
 uninstall=""
+dhcp_units=""
+unit_dir=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -20,7 +23,8 @@ while [ $# -gt 0 ]; do
     --force) force=--force; shift ;;
     --backup) force=--backup; shift ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --with-dhcp-units) dhcp_units=1; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -58,3 +62,11 @@ trap - EXIT
 echo "installed $target ($(stat -c %s "$target") bytes)"
 "$target" --install "$cni_bin_dir" $force
 echo "applets in $cni_bin_dir: $("$target" --list | tr '\n' ' ')"
+
+if [ -n "$dhcp_units" ]; then
+  src="$(cd "$(dirname "$0")" && pwd)/packaging"
+  mkdir -p "$unit_dir"
+  cp "$src/cni-dhcp.socket" "$unit_dir/cni-dhcp.socket"
+  sed "s|@CNI_BIN_DIR@|$cni_bin_dir|g" "$src/cni-dhcp.service" > "$unit_dir/cni-dhcp.service"
+  echo "installed $unit_dir/cni-dhcp.socket and cni-dhcp.service (systemctl enable --now cni-dhcp.socket)"
+fi

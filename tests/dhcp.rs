@@ -177,6 +177,8 @@ fn daemon_with(rig: &Rig, exe: &Path, sock: &Path, extra: &[&str]) -> Daemon {
     let child = Command::new("ip")
         .args(["netns", "exec", &rig.host.name])
         .arg(exe)
+        // `cnibox dhcp daemon` works as well as the `dhcp` link.
+        .args(exe.ends_with("cnibox").then_some("dhcp"))
         .args(["daemon", "-socketpath", sock.to_str().unwrap()])
         .args(["-timeout", "2s", "-resendtimeout", "30s"])
         .args(extra)
@@ -579,7 +581,12 @@ fn sigterm_shuts_down_cleanly_keeping_leases() {
     let rig = Rig::new();
     let _srv = server(&rig, &[]);
     let pid = rig.dir.join("dhcp.pid");
-    let mut d = daemon(&rig, &["-pidfile", pid.to_str().unwrap()]);
+    let mut d = daemon_with(
+        &rig,
+        Path::new(env!("CARGO_BIN_EXE_cnibox")),
+        &rig.dir.join("run/dhcp.sock"),
+        &["-pidfile", pid.to_str().unwrap()],
+    );
     assert!(pid.exists());
     let meta = std::fs::metadata(rig.dir.join("run")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -634,6 +641,56 @@ fn socket_activation_uses_the_passed_socket() {
         !rig.dir.join("unused").exists(),
         "it did not listen elsewhere"
     );
+}
+
+#[test]
+fn install_sh_with_dhcp_units() {
+    let rig = Rig::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = rig.dir.join("cni-bin");
+    let units = rig.dir.join("units");
+    let out = Command::new(root.join("install.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_cnibox")])
+        .args(["--prefix", rig.dir.join("prefix").to_str().unwrap()])
+        .args(["--cni-bin-dir", bin.to_str().unwrap()])
+        .arg("--with-dhcp-units")
+        .env("SYSTEMD_UNIT_DIR", &units)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = std::fs::read_to_string(units.join("cni-dhcp.service")).unwrap();
+    let exec = format!("ExecStart={}/dhcp daemon", bin.display());
+    assert!(service.lines().any(|l| l == exec), "{service}");
+    assert!(bin.join("dhcp").exists());
+    let socket = std::fs::read_to_string(units.join("cni-dhcp.socket")).unwrap();
+    for line in [
+        "ListenStream=/run/cni/dhcp.sock",
+        "SocketMode=0600",
+        "DirectoryMode=0700",
+    ] {
+        assert!(socket.lines().any(|l| l == line), "{line} in {socket}");
+    }
+    // The daemon's flags, Go-style with one dash, are understood.
+    let help = Command::new(bin.join("dhcp"))
+        .args(["daemon", "-h"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "socketpath",
+        "pidfile",
+        "hostprefix",
+        "timeout",
+        "resendmax",
+        "resendtimeout",
+        "broadcast",
+    ] {
+        assert!(text.contains(&format!("--{flag}")), "{flag} in {text}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

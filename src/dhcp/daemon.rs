@@ -68,7 +68,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd hex length");
     }
     (0..s.len())
@@ -384,11 +384,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn handle(
-        self: &Arc<Self>,
-        method: &str,
-        args: CmdArgs,
-    ) -> Result<(&'static super::gob::UserTy, super::gob::Value), String> {
+    fn handle(self: &Arc<Self>, method: &str, args: CmdArgs) -> rpc::Reply {
         let out = match method {
             "DHCP.Allocate" => self
                 .allocate(&args)

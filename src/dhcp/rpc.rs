@@ -423,12 +423,12 @@ impl Client {
     }
 }
 
+/// A method's answer: the reply's type and value, or the error text sent back.
+pub type Reply = Result<(&'static UserTy, Value), String>;
+
 /// The server side of one connection: answers the handshake, then serves calls until
 /// the peer closes. `handle(method, args)` returns the reply's type and value.
-pub fn serve_conn(
-    stream: UnixStream,
-    handle: &dyn Fn(&str, CmdArgs) -> Result<(&'static UserTy, Value), String>,
-) -> Result<()> {
+pub fn serve_conn(stream: UnixStream, handle: &dyn Fn(&str, CmdArgs) -> Reply) -> Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     let head = read_head(&mut r)?;
