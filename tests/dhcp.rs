@@ -167,6 +167,11 @@ impl Drop for Daemon {
 }
 
 fn daemon_with(rig: &Rig, exe: &Path, sock: &Path, extra: &[&str]) -> Daemon {
+    daemon_at(rig, exe, sock.to_str().unwrap(), sock, extra)
+}
+
+/// A daemon given `-socketpath arg`, listening at `sock` (they differ with -hostprefix).
+fn daemon_at(rig: &Rig, exe: &Path, arg: &str, sock: &Path, extra: &[&str]) -> Daemon {
     let log = rig.dir.join(format!(
         "daemon-{}.log",
         std::time::SystemTime::now()
@@ -179,7 +184,7 @@ fn daemon_with(rig: &Rig, exe: &Path, sock: &Path, extra: &[&str]) -> Daemon {
         .arg(exe)
         // `cnibox dhcp daemon` works as well as the `dhcp` link.
         .args(exe.ends_with("cnibox").then_some("dhcp"))
-        .args(["daemon", "-socketpath", sock.to_str().unwrap()])
+        .args(["daemon", "-socketpath", arg])
         .args(["-timeout", "2s", "-resendtimeout", "30s"])
         .args(extra)
         .stdout(Stdio::null())
@@ -335,6 +340,100 @@ fn lease_is_renewed_at_t1() {
     // Renewing is unicast to the server (RENEWING state), not a broadcast.
     let log = std::fs::read_to_string(&srv.log).unwrap();
     assert!(log.contains(&format!("DHCPREQUEST(br0) {ip}")), "{log}");
+}
+
+#[test]
+fn lease_is_rebound_by_broadcast_after_t2() {
+    let rig = Rig::new();
+    let srv = server(
+        &rig,
+        &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"],
+    );
+    // The server's host drops unicast to it (renewing at T1 gets no answer), so after T2 the
+    // daemon must rebind by broadcast. DISCOVER and REQUEST are broadcasts: they pass.
+    rig.host.run(&["nft", "add", "table", "inet", "t"]);
+    rig.host.run(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "t",
+        "inp",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    rig.host.run(&[
+        "nft", "add", "rule", "inet", "t", "inp", "ip", "daddr", SERVER, "udp", "dport", "67",
+        "drop",
+    ]);
+    let d = daemon(&rig, &[]);
+    let r = rig.call("dhcp", "ADD", &conf(&d.sock)).run().ok().clone();
+    configure(&rig.cont, &r);
+    let ip = ip_of(&r);
+    let first = lease_of(&srv, &ip).unwrap();
+    wait_for(
+        || lease_of(&srv, &ip).is_some_and(|e| e > first),
+        "dnsmasq to record the rebinding",
+    );
+    let log = d.log();
+    assert!(log.contains("no answer to DHCPREQUEST (renew)"), "{log}");
+    assert!(log.contains("rebinding lease"), "{log}");
+}
+
+#[test]
+fn hostprefix_is_put_before_the_socket_and_netns_paths() {
+    let rig = Rig::new();
+    let srv = server(&rig, &[]);
+    // Under the prefix, the container's netns path leads to another netns: the lease
+    // must be taken there (by its eth0's MAC).
+    let other = rig.new_netns();
+    attach(&rig, &other, "vp");
+    let prefix = rig.dir.join("hostroot");
+    std::fs::create_dir_all(prefix.join("run/netns")).unwrap();
+    std::os::unix::fs::symlink(&other.path, prefix.join("run/netns").join(&rig.cont.name)).unwrap();
+    let sock = prefix.join("run/cni/dhcp.sock");
+    let _d = daemon_at(
+        &rig,
+        &our_dhcp(&rig),
+        "/run/cni/dhcp.sock",
+        &sock,
+        &["-hostprefix", prefix.to_str().unwrap()],
+    );
+    let r = rig.call("dhcp", "ADD", &conf(&sock)).run().ok().clone();
+    let mac = other.ip_json(&["link", "show", "eth0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&srv.leases).unwrap();
+    assert!(text.contains(&format!("{mac} {}", ip_of(&r))), "{text}");
+    assert!(prefix.join("run/cni/dhcp-leases.json").exists());
+}
+
+#[test]
+fn daemon_survives_garbage_on_its_socket() {
+    use std::io::{Read, Write};
+    let rig = Rig::new();
+    let _srv = server(&rig, &[]);
+    let d = daemon(&rig, &[]);
+    let mut s = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 405"), "{answer:?}");
+    for junk in [
+        &b"\xff\xff\xff\xff"[..],
+        b"\x05\x01\x02",
+        b"\x7f\x81",
+        &[0x03, 0x81, 0x03, 0x04],
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        s.write_all(b"CONNECT /_goRPC_ HTTP/1.0\n\n").unwrap();
+        s.write_all(junk).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.0 200 Connected to Go RPC"));
+    }
+    rig.call("dhcp", "ADD", &conf(&d.sock)).run().ok();
 }
 
 #[test]

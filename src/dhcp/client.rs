@@ -55,11 +55,19 @@ pub struct ClientOptions {
     pub provide: Vec<(u8, Vec<u8>)>,
 }
 
-/// An interface's sockets, opened in its namespace.
+/// An interface in a container's netns. Nothing is held open between exchanges: holding
+/// the netns would keep a deleted container's namespace alive, and an idle packet socket
+/// would copy every packet of the container.
 pub struct Link {
+    pub netns: String,
     pub ifname: String,
     pub ifindex: u32,
     pub mac: [u8; 6],
+}
+
+/// The sockets of one exchange (see the module doc).
+pub struct Sockets<'a> {
+    link: &'a Link,
     udp: UdpSocket,
     packet: OwnedFd,
 }
@@ -69,16 +77,29 @@ fn mac_bytes(s: &str) -> Result<[u8; 6]> {
 }
 
 impl Link {
-    /// Open `ifname` in `ns`, bringing it up if it is down (as the reference does).
-    pub fn open(ns: &Netns, ifname: &str) -> Result<Link> {
-        let nl = Nl::open_in(ns)?;
+    /// Find `ifname` in the netns at `netns`, bringing it up if it is down (as the
+    /// reference does).
+    pub fn open(netns: &str, ifname: &str) -> Result<Link> {
+        let ns = Netns::open(netns)?;
+        let nl = Nl::open_in(&ns)?;
         let link = nl
             .link(LinkId::Name(ifname))?
             .ok_or_else(|| anyhow!("error looking up {ifname:?}: link not found"))?;
         if !link.is_up() {
             nl.set_up(link.index, true)?;
         }
-        let mac = mac_bytes(&link.mac)?;
+        Ok(Link {
+            netns: netns.to_string(),
+            ifname: ifname.to_string(),
+            ifindex: link.index,
+            mac: mac_bytes(&link.mac)?,
+        })
+    }
+
+    /// Open the sockets of one exchange inside the netns.
+    pub fn sockets(&self) -> Result<Sockets<'_>> {
+        let ns = Netns::open(&self.netns)?;
+        let ifname = self.ifname.as_str();
         let (udp, packet) = ns.run(|| {
             let udp = socket(
                 AddressFamily::Inet,
@@ -108,15 +129,15 @@ impl Link {
             .context("opening a packet socket")?;
             Ok((udp, packet))
         })?;
-        Ok(Link {
-            ifname: ifname.to_string(),
-            ifindex: link.index,
-            mac,
+        Ok(Sockets {
+            link: self,
             udp,
             packet,
         })
     }
+}
 
+impl Sockets<'_> {
     fn send(&self, msg: &Message, to: Ipv4Addr) -> Result<()> {
         let bytes = msg
             .to_vec()
@@ -147,7 +168,7 @@ impl Link {
                     Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(e).context("receiving DHCP replies"),
                 };
-            if from.is_some_and(|a| a.ifindex() as u32 != self.ifindex) {
+            if from.is_some_and(|a| a.ifindex() as u32 != self.link.ifindex) {
                 continue;
             }
             let Some(payload) = udp_payload(&buf[..n.min(buf.len())]) else {
@@ -158,7 +179,7 @@ impl Link {
             };
             if msg.opcode() == Opcode::BootReply
                 && msg.xid() == xid
-                && msg.chaddr().get(..6) == Some(&self.mac[..])
+                && msg.chaddr().get(..6) == Some(&self.link.mac[..])
             {
                 return Ok(Some(msg));
             }
@@ -309,7 +330,7 @@ fn rand_u32() -> u32 {
 
 /// Send `msg` (up to 3 times, `timeout` each) until `accept` takes a reply.
 fn exchange(
-    link: &Link,
+    link: &Sockets,
     msg: &Message,
     to: Ipv4Addr,
     p: &Params,
@@ -334,9 +355,10 @@ fn is(m: &Message, ty: MessageType) -> bool {
 /// One DISCOVER/OFFER/REQUEST/ACK round (or, with `requested`, INIT-REBOOT-like
 /// REQUEST of an address we held).
 fn request_once(link: &Link, opts: &ClientOptions, p: &Params) -> Result<Lease> {
+    let socks = link.sockets()?;
     let xid = random_xid();
     let discover = message(link, xid, MessageType::Discover, opts, p.broadcast);
-    let offer = exchange(link, &discover, Ipv4Addr::BROADCAST, p, &|m| {
+    let offer = exchange(&socks, &discover, Ipv4Addr::BROADCAST, p, &|m| {
         is(m, MessageType::Offer)
     })?
     .ok_or_else(|| anyhow!("no DHCPOFFER received on {}", link.ifname))?;
@@ -346,7 +368,7 @@ fn request_once(link: &Link, opts: &ClientOptions, p: &Params) -> Result<Lease> 
     if let Some(DhcpOption::ServerIdentifier(s)) = offer.opts().get(OptionCode::ServerIdentifier) {
         req.opts_mut().insert(DhcpOption::ServerIdentifier(*s));
     }
-    let ack = exchange(link, &req, Ipv4Addr::BROADCAST, p, &|m| {
+    let ack = exchange(&socks, &req, Ipv4Addr::BROADCAST, p, &|m| {
         is(m, MessageType::Ack) || is(m, MessageType::Nak)
     })?
     .ok_or_else(|| anyhow!("no DHCPACK received on {}", link.ifname))?;
@@ -372,13 +394,14 @@ fn renew_once(
     req.set_ciaddr(lease.yiaddr());
     let server = lease.server().filter(|_| !rebind);
     let to = server.unwrap_or(Ipv4Addr::BROADCAST);
-    let reply = match exchange(link, &req, to, p, &|m| {
+    let socks = link.sockets()?;
+    let reply = match exchange(&socks, &req, to, p, &|m| {
         is(m, MessageType::Ack) || is(m, MessageType::Nak)
     }) {
         Ok(r) => r,
         // The address may not be configured yet (no route to the server): broadcast.
         Err(_) if to != Ipv4Addr::BROADCAST => {
-            exchange(link, &req, Ipv4Addr::BROADCAST, p, &|m| {
+            exchange(&socks, &req, Ipv4Addr::BROADCAST, p, &|m| {
                 is(m, MessageType::Ack) || is(m, MessageType::Nak)
             })?
         }
@@ -461,6 +484,8 @@ pub fn release(link: &Link, lease: &Lease, opts: &ClientOptions) -> Result<()> {
         o.insert(DhcpOption::ServerIdentifier(s));
     }
     let to = lease.server().unwrap_or(Ipv4Addr::BROADCAST);
-    link.send(&m, to)
-        .or_else(|_| link.send(&m, Ipv4Addr::BROADCAST))
+    let socks = link.sockets()?;
+    socks
+        .send(&m, to)
+        .or_else(|_| socks.send(&m, Ipv4Addr::BROADCAST))
 }

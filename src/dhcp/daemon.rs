@@ -294,8 +294,7 @@ impl Daemon {
             return Daemon::result(&rec);
         }
         let netns = format!("{}{}", self.hostprefix, args.netns);
-        let ns = Netns::open(&netns)?;
-        let link = Link::open(&ns, &args.ifname)?;
+        let link = Link::open(&netns, &args.ifname)?;
         log(format!("{id}: acquiring lease"));
         let lease = client::acquire(&link, &options, &self.params, &|d| {
             std::thread::sleep(d);
@@ -537,7 +536,7 @@ fn resume(d: &Arc<Daemon>) {
         Err(_) => StateFile::default(),
     };
     for rec in state.leases {
-        let link = Netns::open(&rec.netns).and_then(|ns| Link::open(&ns, &rec.ifname));
+        let link = Link::open(&rec.netns, &rec.ifname);
         match link {
             Ok(link) if rec.lease().is_ok() => {
                 log(format!("{}: resuming lease", rec.client_id));
