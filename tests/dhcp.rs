@@ -588,6 +588,35 @@ fn sixteen_concurrent_adds_get_sixteen_leases() {
 }
 
 #[test]
+fn a_repeated_add_never_gets_a_second_lease() {
+    let rig = Rig::new();
+    let srv = server(&rig, &[]);
+    let d = daemon(&rig, &[]);
+    let c = conf(&d.sock);
+    let outs: Vec<CniOut> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| rig.call("dhcp", "ADD", &c).run()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = Vec::new();
+    for o in &outs {
+        if o.code == 0 {
+            ips.push(ip_of(o.ok()));
+        } else {
+            // Still being acquired by the first: try again later.
+            o.fails_with(11, "is being acquired already");
+        }
+    }
+    ips.dedup();
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    assert_eq!(leases(&srv).len(), 1);
+    // dnsmasq hands one client-id the same address anyway: the daemon must also have
+    // run one acquisition only (not two lease threads for one attachment).
+    assert_eq!(d.log().matches("acquiring lease").count(), 1, "{}", d.log());
+}
+
+#[test]
 fn gc_releases_leases_not_in_the_valid_list() {
     let rig = Rig::new();
     let srv = server(&rig, &[]);

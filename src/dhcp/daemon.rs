@@ -102,6 +102,24 @@ pub struct Daemon {
     hostprefix: String,
     state_file: PathBuf,
     save_lock: Mutex<()>,
+    /// Client-ids being acquired: a retried ADD must not race the first for a second lease.
+    pending: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a client-id as being acquired until dropped.
+struct Pending<'a> {
+    d: &'a Daemon,
+    id: String,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.d
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 fn log(msg: impl std::fmt::Display) {
@@ -293,6 +311,21 @@ impl Daemon {
             rec.priority = priority;
             return Daemon::result(&rec);
         }
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            return Err(crate::error::cni_err(
+                crate::error::Code::TryAgainLater,
+                format!("a lease for {id:?} is being acquired already"),
+            ));
+        }
+        let _pending = Pending {
+            d: self,
+            id: id.clone(),
+        };
         let netns = format!("{}{}", self.hostprefix, args.netns);
         let link = Link::open(&netns, &args.ifname)?;
         log(format!("{id}: acquiring lease"));
@@ -581,6 +614,7 @@ pub fn run(opts: Options) -> Result<()> {
         hostprefix: opts.hostprefix.clone(),
         state_file: PathBuf::from(&opts.state_file),
         save_lock: Mutex::new(()),
+        pending: Mutex::new(Default::default()),
     });
     resume(&d);
 
