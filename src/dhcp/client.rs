@@ -96,8 +96,10 @@ impl Link {
         })
     }
 
-    /// Open the sockets of one exchange inside the netns.
-    pub fn sockets(&self) -> Result<Sockets<'_>> {
+    /// Open the sockets of one exchange inside the netns, sending from `src` (0.0.0.0
+    /// before we have an address; the leased address after, even when it is not
+    /// configured on the interface yet: servers ignore a RELEASE from 0.0.0.0).
+    pub fn sockets(&self, src: Ipv4Addr) -> Result<Sockets<'_>> {
         let ns = Netns::open(&self.netns)?;
         let ifname = self.ifname.as_str();
         let (udp, packet) = ns.run(|| {
@@ -355,7 +357,7 @@ fn is(m: &Message, ty: MessageType) -> bool {
 /// One DISCOVER/OFFER/REQUEST/ACK round (or, with `requested`, INIT-REBOOT-like
 /// REQUEST of an address we held).
 fn request_once(link: &Link, opts: &ClientOptions, p: &Params) -> Result<Lease> {
-    let socks = link.sockets()?;
+    let socks = link.sockets(Ipv4Addr::UNSPECIFIED)?;
     let xid = random_xid();
     let discover = message(link, xid, MessageType::Discover, opts, p.broadcast);
     let offer = exchange(&socks, &discover, Ipv4Addr::BROADCAST, p, &|m| {
@@ -394,7 +396,7 @@ fn renew_once(
     req.set_ciaddr(lease.yiaddr());
     let server = lease.server().filter(|_| !rebind);
     let to = server.unwrap_or(Ipv4Addr::BROADCAST);
-    let socks = link.sockets()?;
+    let socks = link.sockets(lease.yiaddr())?;
     let reply = match exchange(&socks, &req, to, p, &|m| {
         is(m, MessageType::Ack) || is(m, MessageType::Nak)
     }) {
@@ -484,7 +486,7 @@ pub fn release(link: &Link, lease: &Lease, opts: &ClientOptions) -> Result<()> {
         o.insert(DhcpOption::ServerIdentifier(s));
     }
     let to = lease.server().unwrap_or(Ipv4Addr::BROADCAST);
-    let socks = link.sockets()?;
+    let socks = link.sockets(lease.yiaddr())?;
     socks
         .send(&m, to)
         .or_else(|_| socks.send(&m, Ipv4Addr::BROADCAST))
