@@ -196,11 +196,21 @@ fn daemon_at(rig: &Rig, exe: &Path, arg: &str, sock: &Path, extra: &[&str]) -> D
         sock: sock.to_path_buf(),
         log,
     };
-    wait_for(
-        || std::os::unix::net::UnixStream::connect(&d.sock).is_ok(),
-        "the daemon's socket",
-    );
+    wait_for(|| answers(&d.sock), "the daemon to answer");
     d
+}
+
+/// The daemon completes the RPC handshake (it accepts only once its state is loaded).
+fn answers(sock: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    s.write_all(b"CONNECT /_goRPC_ HTTP/1.0\n\n").is_ok()
+        && s.read(&mut buf).is_ok_and(|n| {
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200 Connected to Go RPC")
+        })
 }
 
 fn our_dhcp(rig: &Rig) -> PathBuf {
@@ -336,7 +346,11 @@ fn lease_is_renewed_at_t1() {
         || lease_of(&srv, &ip).is_some_and(|e| e > first),
         "dnsmasq to record a renewal",
     );
-    assert!(d.log().contains("renewed"), "{}", d.log());
+    // dnsmasq writes its file before it answers: the daemon logs the renewal after.
+    wait_for(
+        || d.log().contains("renewed"),
+        "the daemon to log the renewal",
+    );
     // Renewing is unicast to the server (RENEWING state), not a broadcast.
     let log = std::fs::read_to_string(&srv.log).unwrap();
     assert!(log.contains(&format!("DHCPREQUEST(br0) {ip}")), "{log}");
@@ -760,10 +774,7 @@ fn socket_activation_uses_the_passed_socket() {
         sock: sock.clone(),
         log,
     };
-    wait_for(
-        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-        "the activated socket",
-    );
+    wait_for(|| answers(&sock), "the activated daemon to answer");
     rig.call("dhcp", "ADD", &conf(&sock)).run().ok();
     assert!(
         !rig.dir.join("unused").exists(),

@@ -116,9 +116,10 @@ impl Link {
                 sockopt::BindToDevice,
                 &std::ffi::OsString::from(ifname),
             )?;
+            setsockopt(&udp, sockopt::IpFreebind, &true)?;
             nix::sys::socket::bind(
                 std::os::fd::AsRawFd::as_raw_fd(&udp),
-                &nix::sys::socket::SockaddrIn::new(0, 0, 0, 0, CLIENT_PORT),
+                &nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(src, CLIENT_PORT)),
             )
             .context("binding UDP port 68")?;
             let udp = UdpSocket::from(udp);

@@ -616,6 +616,7 @@ pub fn run(opts: Options) -> Result<()> {
         save_lock: Mutex::new(()),
         pending: Mutex::new(Default::default()),
     });
+    // Leases are resumed before connections are accepted (they wait in the backlog).
     resume(&d);
 
     {
