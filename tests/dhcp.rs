@@ -32,8 +32,19 @@ impl Drop for Server {
     }
 }
 
-/// The host side: a bridge with the server's address, dnsmasq on it.
+/// The host side: a bridge with the server's address, dnsmasq on it, handing out a
+/// router, DNS servers, a domain and classless static routes (121).
 fn server(rig: &Rig, extra: &[&str]) -> Server {
+    let classless = format!(
+        "--dhcp-option=option:classless-static-route,10.200.0.0/16,{SERVER},0.0.0.0/0,{SERVER}"
+    );
+    let mut all = vec![classless.as_str()];
+    all.extend_from_slice(extra);
+    server_with(rig, &all)
+}
+
+/// dnsmasq with only the router, DNS and domain options, plus `extra`.
+fn server_with(rig: &Rig, extra: &[&str]) -> Server {
     rig.host.ip(&["link", "add", BRIDGE, "type", "bridge"]);
     rig.host
         .ip(&["addr", "add", &format!("{SERVER}/24"), "dev", BRIDGE]);
@@ -66,9 +77,6 @@ fn server(rig: &Rig, extra: &[&str]) -> Server {
         format!("--dhcp-option=option:router,{SERVER}"),
         "--dhcp-option=option:dns-server,10.99.0.53,10.99.0.54".into(),
         "--dhcp-option=option:domain-name,example.test".into(),
-        format!(
-            "--dhcp-option=option:classless-static-route,10.200.0.0/16,{SERVER},0.0.0.0/0,{SERVER}"
-        ),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let child = Command::new("ip")
@@ -716,6 +724,39 @@ fn provide_and_request_options_reach_the_server() {
             .all(|r| r["priority"] == 7),
         "{r}"
     );
+}
+
+#[test]
+fn static_routes_33_and_a_default_route_without_classless_routes() {
+    let rig = Rig::new();
+    let _srv = server_with(
+        &rig,
+        &["--dhcp-option=option:static-route,192.168.7.0,10.99.0.2,172.16.0.0,10.99.0.3"],
+    );
+    let d = daemon(&rig, &[]);
+    let r = rig.call("dhcp", "ADD", &conf(&d.sock)).run().ok().clone();
+    // Option 33 destinations are classful: 192.168.7.0 is /24, 172.16.0.0 is /16.
+    assert_eq!(
+        r["routes"],
+        json!([
+            {"dst": "192.168.7.0/24", "gw": "10.99.0.2"},
+            {"dst": "172.16.0.0/16", "gw": "10.99.0.3"},
+            {"dst": "0.0.0.0/0", "gw": SERVER}
+        ])
+    );
+}
+
+#[test]
+fn provide_overrides_the_client_id() {
+    let rig = Rig::new();
+    let srv = server(&rig, &[]);
+    let d = daemon(&rig, &[]);
+    let mut c = conf(&d.sock);
+    c["ipam"]["provide"] = json!([{"option": "dhcp-client-identifier", "value": "my-id"}]);
+    rig.call("dhcp", "ADD", &c).run().ok();
+    let l = leases(&srv);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].2, "6d:79:2d:69:64", "{l:?}");
 }
 
 #[test]

@@ -279,6 +279,46 @@ mod tests {
         assert_eq!(client_id("ctr", "net", "eth0"), "ctr/net/eth0");
     }
 
+    fn ack(opts: Vec<DhcpOption>) -> Lease {
+        let mut m = dhcproto::v4::Message::default();
+        m.set_yiaddr(Ipv4Addr::new(10, 1, 2, 3));
+        for o in opts {
+            m.opts_mut().insert(o);
+        }
+        Lease {
+            ack: m,
+            acquired: 0,
+        }
+    }
+
+    #[test]
+    fn classless_routes_win_and_an_on_link_route_gets_link_scope() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let gw = Ipv4Addr::new(10, 1, 2, 1);
+        let l = ack(vec![
+            DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+            DhcpOption::Router(vec![gw]),
+            DhcpOption::ClasslessStaticRoute(vec![
+                (net("10.9.0.0/16"), Ipv4Addr::UNSPECIFIED),
+                (net("0.0.0.0/0"), gw),
+            ]),
+            DhcpOption::StaticRoutingTable(vec![(Ipv4Addr::new(192, 168, 1, 0), gw)]),
+        ]);
+        let r = result_of(&l, 5).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.2.3/24");
+        assert_eq!(r.routes.len(), 2, "option 33 and the router ignored: {r:?}");
+        assert_eq!(r.routes[0].scope, Some(SCOPE_LINK));
+        assert_eq!(r.routes[0].gw, None);
+        assert_eq!(r.routes[1].gw, Some(IpAddr::V4(gw)));
+        assert!(r.routes.iter().all(|x| x.priority == 5));
+    }
+
+    #[test]
+    fn no_subnet_mask_is_an_error() {
+        let e = result_of(&ack(vec![]), 0).unwrap_err();
+        assert!(e.to_string().contains("Subnet Mask not found"));
+    }
+
     #[test]
     fn option_names_and_numbers() {
         assert_eq!(option_code("k", "host-name").unwrap(), 12);
