@@ -488,7 +488,11 @@ pub fn release(link: &Link, lease: &Lease, opts: &ClientOptions) -> Result<()> {
     }
     let to = lease.server().unwrap_or(Ipv4Addr::BROADCAST);
     let socks = link.sockets(lease.yiaddr())?;
-    socks
-        .send(&m, to)
-        .or_else(|_| socks.send(&m, Ipv4Addr::BROADCAST))
+    socks.send(&m, to).or_else(|e| {
+        eprintln!(
+            "dhcp daemon: {}: unicast DHCPRELEASE failed ({e:#}), broadcasting it",
+            link.ifname
+        );
+        socks.send(&m, Ipv4Addr::BROADCAST)
+    })
 }
