@@ -19,7 +19,7 @@ PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 VMTEST ?= $(abspath ../shared/vmtest/run-in-vm)
 ORACLE_DIR := target/oracle
-APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack containerd runc podman conmon busybox-static
+APT_PKGS := iproute2 nftables iptables containernetworking-plugins iputils-ping jq xz-utils socat conntrack dnsmasq-base containerd runc podman conmon busybox-static
 
 .PHONY: build check test test-host test-vm lint install deps oracle bench fuzz clean static man deb deb-check
 

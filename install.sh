@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install cnibox, its man page and one symlink per plugin into the CNI bin dir.
 #   ./install.sh [--install] [--prefix DIR] [--cni-bin-dir DIR] [--binary PATH] [--force|--backup]
+#                [--with-dhcp-units]  (cni-dhcp.socket/.service into $SYSTEMD_UNIT_DIR, default /etc/systemd/system)
 #   ./install.sh --uninstall [--prefix DIR] [--cni-bin-dir DIR]
 # Builds a release binary unless --binary is given. Idempotent. The binary is replaced
 # atomically (temp file + rename), so a runtime exec'ing a plugin meanwhile never gets
@@ -15,6 +16,8 @@ cni_bin_dir=/opt/cni/bin
 binary=""
 force=""
 uninstall=""
+dhcp_units=""
+unit_dir=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -24,13 +27,16 @@ while [ $# -gt 0 ]; do
     --backup) force=--backup; shift ;;
     --install) uninstall=""; shift ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --with-dhcp-units) dhcp_units=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 # Absolute, so that the build below (which changes directory) cannot move them.
 case $prefix in /*) ;; *) prefix=$PWD/$prefix ;; esac
 case $cni_bin_dir in /*) ;; *) cni_bin_dir=$PWD/$cni_bin_dir ;; esac
+case $unit_dir in /*) ;; *) unit_dir=$PWD/$unit_dir ;; esac
+here=$(cd "$(dirname "$0")" && pwd)
 target="$prefix/bin/cnibox"
 man="$prefix/share/man/man1/cnibox.1"
 
@@ -70,7 +76,7 @@ if [ -n "$uninstall" ]; then
 fi
 
 if [ -z "$binary" ]; then
-  cd "$(dirname "$0")"
+  cd "$here"
   cargo build --release
   binary=target/release/cnibox
 fi
@@ -94,3 +100,11 @@ trap - EXIT
 echo "installed $man"
 "$target" --install "$cni_bin_dir" $force
 echo "applets in $cni_bin_dir: $("$target" --list | tr '\n' ' ')"
+
+if [ -n "$dhcp_units" ]; then
+  src="$here/packaging"
+  mkdir -p "$unit_dir"
+  cp "$src/cni-dhcp.socket" "$unit_dir/cni-dhcp.socket"
+  sed "s|@CNI_BIN_DIR@|$cni_bin_dir|g" "$src/cni-dhcp.service" > "$unit_dir/cni-dhcp.service"
+  echo "installed $unit_dir/cni-dhcp.socket and cni-dhcp.service (systemctl enable --now cni-dhcp.socket)"
+fi

@@ -13,6 +13,7 @@ use cnibox::cni::skel::{self, Applet, Kind};
 mod bandwidth;
 mod bridge;
 mod cnitool;
+mod dhcp;
 mod dummy;
 mod firewall;
 mod flannel;
@@ -40,6 +41,7 @@ static APPLETS: &[Applet] = &[
     bandwidth::APPLET,
     bridge::APPLET,
     cnitool::APPLET,
+    dhcp::APPLET,
     dummy::APPLET,
     firewall::APPLET,
     flannel::APPLET,
@@ -77,6 +79,10 @@ fn main() {
 }
 
 fn run_applet(applet: &Applet, args: &[String]) -> i32 {
+    // `dhcp daemon [flags]` (argv[0] dhcp, or `cnibox dhcp daemon`): the lease keeper.
+    if applet.name == "dhcp" && args.first().map(String::as_str) == Some("daemon") {
+        return dhcp::daemon_main(args.get(1..).unwrap_or(&[]));
+    }
     match &applet.kind {
         // A plugin takes no arguments from a runtime, so a sole `--help` can only be a
         // person asking; anything else still runs the plugin as CNI demands.

@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cni;
+pub mod dhcp;
 pub mod error;
 pub mod fw;
 pub mod help;
