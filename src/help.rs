@@ -130,6 +130,17 @@ pub static HELP: &[AppletHelp] = &[
         example: r#"{"cniVersion":"1.0.0","name":"mynet","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.22.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}"#,
     },
     AppletHelp {
+        name: "dhcp",
+        kind: "ipam",
+        keys: &[
+            k("ipam.daemonSocketPath", "string", "/run/cni/dhcp.sock", "unix socket of `dhcp daemon` (cnibox's or the Go reference's)"),
+            k("ipam.request", "list of {option, skipDefault}", "", "DHCP options to ask for, by name or code (skipDefault: not the default set)"),
+            k("ipam.provide", "list of {option, value | fromArg}", "", "DHCP options to send (e.g. dhcp-client-identifier); fromArg reads CNI_ARGS"),
+            k("ipam.priority", "int", "0", "metric of the routes the lease brings"),
+        ],
+        example: r#"{"cniVersion":"1.0.0","name":"lan","type":"macvlan","ipam":{"type":"dhcp","request":[{"option":"classless-static-routes"}]}}"#,
+    },
+    AppletHelp {
         name: "dummy",
         kind: "main",
         keys: &[IPAM_REQ],
