@@ -1,7 +1,8 @@
 //! The README's quickstart, run exactly as printed: the shell block between
 //! `<!-- quickstart -->` and `<!-- /quickstart -->` runs with `sh -e` from the
 //! repository root, inside a rig's host netns (so its bridge and veths are the test's
-//! own) with `TMPDIR` in the rig's temp dir (so its scratch prefix is too).
+//! own) with `TMPDIR` in the rig's temp dir (so its scratch prefix is too) and an empty
+//! private `/var/lib`.
 //!
 //! The draft lives in `testdata/quickstart.md` until it is pasted into README.md; both
 //! are run.
@@ -26,8 +27,16 @@ fn quickstart_block(md: &str) -> Option<String> {
 fn run_as_printed(script: &str) {
     let rig = Rig::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // A guard: /var/lib is a private empty dir for the run, so even a cnitool that
+    // ignored CNIBOX_CACHE_DIR could not touch the machine's /var/lib/cni.
+    let guard = rig.dir.join("varlib");
+    std::fs::create_dir_all(&guard).unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &rig.host.name, "sh", "-e", "-c", script])
+        .args(["netns", "exec", &rig.host.name, "sh", "-c"])
+        .arg(r#"mount --bind "$1" /var/lib && exec sh -e -c "$2""#)
+        .arg("sh")
+        .arg(&guard)
+        .arg(script)
         .current_dir(root)
         .env("TMPDIR", &rig.dir)
         .env_remove("NETCONFPATH")
@@ -56,6 +65,11 @@ fn run_as_printed(script: &str) {
         .filter(|p| p.starts_with(&format!("{}/tmp.", rig.dir.display())))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(
+        tree(&guard),
+        Vec::<String>::new(),
+        "the cache went to CNIBOX_CACHE_DIR"
+    );
     let names: Vec<String> = links(&rig.host)
         .iter()
         .map(|l| l["ifname"].as_str().unwrap().to_string())
