@@ -384,6 +384,24 @@ fn recorded_session(tool: Tool) -> Vec<String> {
         "50-fails.json",
         r#"{"cniVersion":"1.0.0","name":"fails","type":"rec-fail"}"#,
     );
+    // A list whose plugins live in <dir>/<name>/*.conf (sorted), and one that loads
+    // only its inlined plugins although such a dir exists.
+    w.conf(
+        "60-split.conflist",
+        r#"{"cniVersion":"1.0.0","name":"split"}"#,
+    );
+    w.conf(
+        "61-inlined.conflist",
+        r#"{"cniVersion":"1.0.0","name":"inlined","loadOnlyInlinedPlugins":true,"plugins":[{"type":"rec-b"}]}"#,
+    );
+    for (dir, file, body) in [
+        ("split", "2.conf", r#"{"type":"rec-a","name":"second"}"#),
+        ("split", "1.conf", r#"{"type":"rec-b","name":"first"}"#),
+        ("inlined", "1.conf", r#"{"type":"rec-a"}"#),
+    ] {
+        std::fs::create_dir_all(w.netconf.join(dir)).unwrap();
+        std::fs::write(w.netconf.join(dir).join(file), body).unwrap();
+    }
     let env = [
         ("CNI_PATH", rec.to_str().unwrap()),
         ("RECLOG", log.to_str().unwrap()),
@@ -411,6 +429,10 @@ fn recorded_session(tool: Tool) -> Vec<String> {
         &["add", "old", "/var/lib/ns"],
         &["check", "old", "/var/lib/ns"],
         &["del", "old", "/var/lib/ns"],
+        &["add", "split", "/var/lib/ns"],
+        &["del", "split", "/var/lib/ns"],
+        &["add", "inlined", "/var/lib/ns"],
+        &["del", "inlined", "/var/lib/ns"],
         &["add", "fails", "/var/lib/ns"],
         &["add", "nosuchnet", "/var/lib/ns"],
     ];
@@ -496,6 +518,16 @@ fn plugin_calls_and_cache_match_libcni_byte_for_byte() {
         log.iter()
             .any(|l| l.starts_with("DEL rec-a") && l.contains("netns=/var/lib/ns2 ")),
         "GC deleted the stale attachment"
+    );
+    let split: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("ADD") && l.contains("\"name\":\"split\""))
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        split,
+        ["rec-b", "rec-a"],
+        "plugins from split/*.conf, sorted"
     );
 }
 
