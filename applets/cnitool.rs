@@ -39,15 +39,25 @@ pub const APPLET: Applet = Applet {
 
 const DEFAULT_NET_DIR: &str = "/etc/cni/net.d";
 
-fn usage() -> i32 {
+fn usage_text() -> String {
     let exe = "cnitool";
-    eprintln!(
-        "{exe}: Add, check, remove, gc or status network interfaces from a network namespace"
+    let mut t = format!(
+        "{exe}: Add, check, remove, gc or status network interfaces from a network namespace\n"
     );
     for cmd in ["add   ", "check ", "del   ", "gc    ", "status"] {
-        eprintln!("  {exe} {cmd} <net> <netns>");
+        t += &format!("  {exe} {cmd} <net> <netns>\n");
     }
-    eprintln!("  {exe} exec   <net> [--] CMD [ARG...]   run CMD in a new netns attached to <net>");
+    t += &format!(
+        "  {exe} exec   <net> [--] CMD [ARG...]   run CMD in a new netns attached to <net>\n"
+    );
+    t += "Environment: NETCONFPATH (default /etc/cni/net.d), CNI_PATH, CNI_ARGS, CAP_ARGS, \
+          CNI_IFNAME (default eth0), CNIBOX_CACHE_DIR (default /var/lib/cni)\n";
+    t
+}
+
+/// Usage on stderr after a wrong command line: exit 1.
+fn usage() -> i32 {
+    eprint!("{}", usage_text());
     1
 }
 
@@ -55,6 +65,10 @@ fn usage() -> i32 {
 const EXEC_CHILD: &str = "--exec-child";
 
 fn main(args: &[String]) -> i32 {
+    if matches!(args, [only] if only == "--help" || only == "-h") {
+        print!("{}", usage_text());
+        return 0;
+    }
     if let [flag, argv @ ..] = args {
         if flag == EXEC_CHILD {
             return exec_child(argv);

@@ -138,7 +138,7 @@ pub static HELP: &[AppletHelp] = &[
             k("ipam.provide", "list of {option, value | fromArg}", "", "DHCP options to send (e.g. dhcp-client-identifier); fromArg reads CNI_ARGS"),
             k("ipam.priority", "int", "0", "metric of the routes the lease brings"),
         ],
-        example: r#"{"cniVersion":"1.0.0","name":"lan","type":"macvlan","ipam":{"type":"dhcp","request":[{"option":"classless-static-routes"}]}}"#,
+        example: r#"{"cniVersion":"1.0.0","name":"lan","type":"macvlan","ipam":{"type":"dhcp","provide":[{"option":"host-name","fromArg":"K8S_POD_NAME"}]}}"#,
     },
     AppletHelp {
         name: "dummy",

@@ -28,10 +28,32 @@ fn run(cmd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Stri
     )
 }
 
-fn applets() -> Vec<String> {
+/// Applets that are command-line tools, not CNI plugins: their help is their usage.
+const TOOLS: &[&str] = &["cnitool"];
+
+fn all_applets() -> Vec<String> {
     let (code, out) = run(&exe(), &["--list"], &[]);
     assert_eq!(code, 0);
     out.lines().map(str::to_string).collect()
+}
+
+/// The CNI plugins among the applets.
+fn applets() -> Vec<String> {
+    let mut v = all_applets();
+    v.retain(|n| !TOOLS.contains(&n.as_str()));
+    v
+}
+
+#[test]
+fn tools_answer_help_with_their_usage() {
+    for tool in TOOLS {
+        assert!(all_applets().iter().any(|n| n == tool), "{tool} not listed");
+        let (code, text) = run(&exe(), &[tool, "--help"], &[]);
+        assert_eq!(code, 0, "{tool} --help");
+        for want in ["add", "check", "del", "gc", "status", "exec", "NETCONFPATH"] {
+            assert!(text.contains(want), "{tool} --help lacks {want}: {text}");
+        }
+    }
 }
 
 /// The parts of `APPLET --help`: kind line, key names, example config.
@@ -204,7 +226,7 @@ fn every_example_config_passes_its_applets_validation() {
 
 #[test]
 fn list_long_and_the_man_page_cover_every_applet() {
-    let names = applets();
+    let names = all_applets();
     let (code, long) = run(&exe(), &["--list", "--long"], &[]);
     assert_eq!(code, 0);
     let rows: Vec<&str> = long.lines().collect();

@@ -3,9 +3,6 @@
 //! repository root, inside a rig's host netns (so its bridge and veths are the test's
 //! own) with `TMPDIR` in the rig's temp dir (so its scratch prefix is too) and an empty
 //! private `/var/lib`.
-//!
-//! The draft lives in `testdata/quickstart.md` until it is pasted into README.md; both
-//! are run.
 
 mod common;
 
@@ -83,17 +80,10 @@ fn readme_quickstart_runs_as_printed() {
         .expect("read README.md");
     let Some(script) = quickstart_block(&readme) else {
         panic!(
-            "README.md has no quickstart: paste the block between `<!-- quickstart -->` and \
-             `<!-- /quickstart -->` from testdata/quickstart.md into README.md"
+            "README.md has no quickstart block between `<!-- quickstart -->` and \
+             `<!-- /quickstart -->`"
         );
     };
-    run_as_printed(&script);
-}
-
-#[test]
-fn quickstart_draft_runs_as_printed() {
-    let draft = include_str!("../testdata/quickstart.md");
-    let script = quickstart_block(draft).expect("testdata/quickstart.md has a quickstart block");
     assert!(script.contains("./install.sh") && script.contains("cnitool\" exec mynet"));
     run_as_printed(&script);
 }
