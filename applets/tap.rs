@@ -347,6 +347,13 @@ fn run_helper(ctx: &Ctx) -> Result<()> {
         .arg0("tap")
         .env("CNIBOX_TAP_HELPER", "1")
         .env("CNI_COMMAND", "ADD")
+        // The call's own values, not this process's environment: an in-process caller
+        // (cnitool, multinet) runs tap without them in its environment.
+        .env("CNI_CONTAINERID", &ctx.container_id)
+        .env("CNI_NETNS", &ctx.netns)
+        .env("CNI_IFNAME", &ctx.ifname)
+        .env("CNI_ARGS", &ctx.args)
+        .env("CNI_PATH", &ctx.path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
