@@ -87,7 +87,7 @@ deb-check: deb
 # applets (with a netns path that does not exist, so they stop at validation), and this
 # makes sure nothing they might try can reach the machine's network.
 FUZZ_TIME ?= 300
-FUZZ_TARGETS := harness cni_args results netlink store
+FUZZ_TARGETS := harness cni_args results netlink store gob
 fuzz:
 	cd fuzz && $(CARGO) +nightly fuzz build
 	for t in $(FUZZ_TARGETS); do \

@@ -194,3 +194,29 @@ pub fn store(data: &[u8]) {
     ops(false);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The dhcp daemon's gob decoder (Go net/rpc over the unix socket, from any local
+/// process): arbitrary bytes read as a stream of values, each read as the reference's
+/// `CmdArgs` and `current.Result`; a `CmdArgs` that reads must survive our encoder and
+/// read back equal.
+pub fn gob(data: &[u8]) {
+    use cnibox::dhcp::gob::{Decoder, Encoder};
+    use cnibox::dhcp::rpc::{self, CmdArgs};
+    let mut d = Decoder::new(data);
+    for _ in 0..8 {
+        let Ok(v) = d.read() else { return };
+        let _ = rpc::result_from_value(&v);
+        if let Ok(a) = CmdArgs::from_value(&v) {
+            let mut out = Vec::new();
+            let mut e = Encoder::new(&mut out);
+            e.send(&[(&rpc::CMD_ARGS, &a.to_value())])
+                .expect("a decoded CmdArgs encodes");
+            let back = Decoder::new(&out[..]).read().expect("our encoding decodes");
+            let b = CmdArgs::from_value(&back).expect("our encoding reads as CmdArgs");
+            assert_eq!(
+                (&a.container_id, &a.netns, &a.ifname, &a.args, &a.path, &a.stdin),
+                (&b.container_id, &b.netns, &b.ifname, &b.args, &b.path, &b.stdin)
+            );
+        }
+    }
+}

@@ -57,3 +57,8 @@ fn netlink_corpus() {
 fn store_corpus() {
     replay("store", targets::store);
 }
+
+#[test]
+fn gob_corpus() {
+    replay("gob", targets::gob);
+}
