@@ -214,8 +214,22 @@ pub fn gob(data: &[u8]) {
             let back = Decoder::new(&out[..]).read().expect("our encoding decodes");
             let b = CmdArgs::from_value(&back).expect("our encoding reads as CmdArgs");
             assert_eq!(
-                (&a.container_id, &a.netns, &a.ifname, &a.args, &a.path, &a.stdin),
-                (&b.container_id, &b.netns, &b.ifname, &b.args, &b.path, &b.stdin)
+                (
+                    &a.container_id,
+                    &a.netns,
+                    &a.ifname,
+                    &a.args,
+                    &a.path,
+                    &a.stdin
+                ),
+                (
+                    &b.container_id,
+                    &b.netns,
+                    &b.ifname,
+                    &b.args,
+                    &b.path,
+                    &b.stdin
+                )
             );
         }
     }

@@ -56,8 +56,30 @@ pub fn temp_dir(tag: &str) -> TempDir {
     for sub in ["net.d", "bin", "cni"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    link_applets(&dir.join("bin"), Path::new(env!("CARGO_BIN_EXE_cnibox")));
+    match std::env::var(PLUGINS_FROM) {
+        Ok(from) if !from.is_empty() => link_installed(&dir.join("bin"), Path::new(&from)),
+        _ => link_applets(&dir.join("bin"), Path::new(env!("CARGO_BIN_EXE_cnibox"))),
+    }
     dir
+}
+
+/// `CNIBOX_E2E_PLUGINS_FROM=DIR`: run the runtimes against the plugins installed in DIR
+/// (the .deb's `/usr/lib/cni`, from `make deb-check`) instead of this build's binary.
+pub const PLUGINS_FROM: &str = "CNIBOX_E2E_PLUGINS_FROM";
+
+/// Links in `bin` to what each plugin of `from` resolves to (the sandbox hides `from`
+/// itself, as it hides every machine plugin dir).
+fn link_installed(bin: &Path, from: &Path) {
+    let mut n = 0;
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap();
+        let target = std::fs::canonicalize(e.path())
+            .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+        std::os::unix::fs::symlink(&target, bin.join(e.file_name())).unwrap();
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} plugins in {}", from.display());
+    eprintln!("e2e: plugins from {} ({n})", from.display());
 }
 
 /// A plugin directory of links to `exe` (cnibox), one per applet it lists.
