@@ -426,38 +426,14 @@ impl Saved {
         }
     }
 
-    /// Written before the first change, atomically (temp file + rename), mode 0600.
+    /// Written before the first change, atomically, mode 0600.
     fn write(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(self)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
-        f.write_all(&body)
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+        cnibox::statefile::write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 }
 
 fn remove_state(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("failed to remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
+    cnibox::statefile::remove(path)
 }
 
 /// Put the saved addresses, UP state and routes back on `dev` in the host. Best

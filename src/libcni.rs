@@ -618,7 +618,7 @@ impl Cni {
     ) -> Result<()> {
         let path = self.cache_file(&list.name, rt)?;
         let bytes = cache_entry(list, rt, result)?;
-        write_private(&path, &bytes)
+        crate::statefile::write_atomic(&path, &bytes)
     }
 
     fn cache_del(&self, net: &str, rt: &RuntimeConf) {
@@ -831,36 +831,6 @@ fn parse_cache_entry(bytes: &[u8]) -> Option<Attachment> {
         args,
         capability_args,
     })
-}
-
-/// Write `bytes` to `path` readable by root only (dirs 0700, file 0600), replacing it
-/// atomically so a reader never sees half an entry.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let r = f.write_all(bytes).and_then(|_| std::fs::rename(&tmp, path));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.with_context(|| format!("cannot write {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------

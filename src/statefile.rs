@@ -1,6 +1,7 @@
-//! Small state files of meta plugins (flannel's saved delegate config, multinet's
-//! attachment records): written whole or not at all, so a crash mid-write never leaves
-//! a truncated file that a later DEL would misread.
+//! Small state files (flannel's saved delegate config, multinet's attachment records,
+//! host-device's saved device, the dhcp daemon's leases, libcni's result cache): written
+//! whole or not at all, so a crash mid-write never leaves a truncated file that a later
+//! DEL would misread.
 
 use anyhow::{Context, Result};
 use std::fs;

@@ -454,37 +454,9 @@ fn link_present(path: &str, ifname: &str) -> bool {
     }
 }
 
+/// The leases, replaced whole (temp file, fsync, rename, directory fsync).
 fn write_atomic(path: &Path, state: &StateFile) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode_0600()
-        .open(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(state)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
-    }
+    crate::statefile::write_atomic(path, &serde_json::to_vec_pretty(state)?)
 }
 
 /// The listening socket: systemd's (LISTEN_FDS=1, fd 3) or our own at `path`, in a
