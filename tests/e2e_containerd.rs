@@ -16,7 +16,7 @@ mod common;
 #[path = "e2e/mod.rs"]
 mod e2e;
 
-use common::{links, oracle_dir, reservations, Netns};
+use common::{oracle_dir, reservations, Netns};
 use e2e::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,26 +111,6 @@ impl Containerd {
     }
 }
 
-/// The host's whole firewall state: iptables and ip6tables (every table) and the
-/// nftables ruleset.
-fn firewall(host: &Netns) -> String {
-    format!(
-        "{}\n{}\n{}",
-        host.run(&["iptables-save"]),
-        host.run(&["ip6tables-save"]),
-        host.run(&["nft", "list", "ruleset"])
-    )
-}
-
-/// Host links enslaved to the bridge (the containers' veths).
-fn bridge_ports(host: &Netns) -> Vec<String> {
-    links(host)
-        .iter()
-        .filter(|l| l["master"] == BRIDGE)
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// A container that prints its eth0 addresses (IPv4, then global IPv6) and the sysctl
 /// tuning set, then stays until its stdin closes.
 const HOLD: &[&str] = &[
@@ -167,7 +147,11 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
         fw.contains(&ip1) && fw.contains(&ip6) && fw.contains(&c.cni_id("c1")),
         "no masquerade/firewall rules for c1 ({ip1}, {ip6}) while it runs:\n{fw}"
     );
-    assert_eq!(bridge_ports(&host).len(), 1, "c1's veth on {BRIDGE}");
+    assert_eq!(
+        bridge_ports(&host, BRIDGE).len(),
+        1,
+        "c1's veth on {BRIDGE}"
+    );
     let gw = host.ip_json(&["-4", "addr", "show", "dev", BRIDGE]);
     assert_eq!(gw[0]["addr_info"][0]["local"], "10.99.0.1", "{gw}");
 
@@ -205,7 +189,11 @@ fn ctr_run_cni_two_containers_talk_and_rm_releases_address_and_rules() {
             "{leftover} still in the firewall after ctr run --rm:\n{fw}"
         );
     }
-    assert_eq!(bridge_ports(&host), Vec::<String>::new(), "veths left");
+    assert_eq!(
+        bridge_ports(&host, BRIDGE),
+        Vec::<String>::new(),
+        "veths left"
+    );
     let results = common::tree(&dir.join("cni/results"));
     assert!(results.is_empty(), "libcni result cache left: {results:?}");
     assert_eq!(c.ctr(&["containers", "ls", "-q"]).trim(), "");

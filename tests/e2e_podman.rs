@@ -19,7 +19,7 @@ mod common;
 #[path = "e2e/mod.rs"]
 mod e2e;
 
-use common::{links, reservations, Netns};
+use common::{reservations, Netns};
 use e2e::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -121,26 +121,6 @@ impl Podman {
     fn host_local_dir(&self) -> PathBuf {
         self.sb.dir.join("cni/networks").join(NET)
     }
-}
-
-/// The host's whole firewall state: iptables and ip6tables (every table) and the
-/// nftables ruleset.
-fn firewall(host: &Netns) -> String {
-    format!(
-        "{}\n{}\n{}",
-        host.run(&["iptables-save"]),
-        host.run(&["ip6tables-save"]),
-        host.run(&["nft", "list", "ruleset"])
-    )
-}
-
-/// Host links enslaved to `bridge` (the containers' veths).
-fn bridge_ports(host: &Netns, bridge: &str) -> Vec<String> {
-    links(host)
-        .iter()
-        .filter(|l| l["master"] == bridge)
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// `busybox wget` of `url` from `ns`, retried while the server is not listening yet (a

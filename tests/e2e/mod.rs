@@ -501,3 +501,23 @@ pub fn pids_with_cmdline(argv: &[&str]) -> Vec<u32> {
     }
     v
 }
+
+/// The host's whole firewall state: iptables and ip6tables (every table) and the
+/// nftables ruleset.
+pub fn firewall(host: &Netns) -> String {
+    format!(
+        "{}\n{}\n{}",
+        host.run(&["iptables-save"]),
+        host.run(&["ip6tables-save"]),
+        host.run(&["nft", "list", "ruleset"])
+    )
+}
+
+/// Host links enslaved to `bridge` (the containers' veths).
+pub fn bridge_ports(host: &Netns, bridge: &str) -> Vec<String> {
+    crate::common::links(host)
+        .iter()
+        .filter(|l| l["master"] == bridge)
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect()
+}
