@@ -364,35 +364,17 @@ fn a_network_with_its_own_ipam_keeps_it() {
 #[test]
 fn failing_network_rolls_back_the_ones_attached() {
     let rig = Rig::new();
-    let backend = Backend::start(
-        &rig.host,
-        answer(&[
-            entry(
-                "net-bridge",
-                "192.168.1.2",
-                "255.255.255.0",
-                "192.168.1.1",
-                "eth0",
-                true,
-            ),
-            entry(
-                "net-ptp",
-                "10.9.0.5",
-                "255.255.0.0",
-                "10.9.0.1",
-                "net1",
-                false,
-            ),
-            entry(
-                "net-broken",
-                "10.10.0.5",
-                "255.255.0.0",
-                "10.10.0.1",
-                "net2",
-                false,
-            ),
-        ]),
-    );
+    // The two good networks first, then one whose config is refused (its "mtu").
+    let mut networks = two_networks();
+    networks.push(entry(
+        "net-broken",
+        "10.10.0.5",
+        "255.255.0.0",
+        "10.10.0.1",
+        "net2",
+        false,
+    ));
+    let backend = Backend::start(&rig.host, answer(&networks));
     let c = conf(&rig, json!({"backend": backend.url()}));
     rig.call("multinet", "ADD", &c)
         .args(ARGS)
