@@ -59,6 +59,7 @@ oracle:
 	../shared/oracle/unpack $(ORACLE_DIR)
 
 bench: build static oracle
+	$(CARGO) build --release --example inproc
 	STATIC=target/static/cnibox bench/run.sh
 
 # glibc's crt-static with the target named explicitly, so that build scripts and proc

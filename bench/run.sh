@@ -18,7 +18,7 @@ if [ "${1:-}" != --inner ]; then
   hostns=cbxbench-h-$$
   contns=cbxbench-c-$$
   cleanup() {
-    for ns in $(ip netns list | awk -v p="$contns-s" 'index($1, p) == 1 {print $1}'); do
+    for ns in $(ip netns list | awk -v p="$contns-" 'index($1, p) == 1 {print $1}'); do
       ip netns del "$ns" || true
     done
     ip netns del "$contns" 2>/dev/null || true
@@ -34,7 +34,7 @@ if [ "${1:-}" != --inner ]; then
   # a parent for macvlan: one end of a veth pair inside the bench's own host netns
   ip netns exec "$hostns" ip link add cbxbenchpar type veth peer name cbxbenchpeer
   ip netns exec "$hostns" ip link set cbxbenchpar up
-  WORK=$work CONTNS=$contns ORACLE=$(readlink -f "$ORACLE") ip netns exec "$hostns" "$0" --inner
+  WORK=$work CONTNS=$contns ORACLE=$(readlink -f "$ORACLE") INPROC=$(readlink -f "${INPROC:-target/release/examples/inproc}") ip netns exec "$hostns" "$0" --inner
   exit
 fi
 work=$WORK
@@ -223,7 +223,39 @@ if [ -n "${STATIC:-}" ]; then
       "build: $label" "$(stat -c %s "$(readlink -f "${cmd[0]}")")" "$wall" "$cpu"
   done
 fi
+# add_floor: the least time any plugin process can take for the bridge + host-local ADD
+# just measured (run right after it: it reads Go's figure from $work/go.add). The same
+# applet code runs its ADDs in one long-lived process (bench/inproc.rs: no start-up at
+# all), giving the wall time of the ADD's work and its CPU time; `perf record` samples
+# tell how much of that CPU ran in user space. Everything else (the kernel's work on the
+# veth pair, the netns move, addresses, routes, bridge port, reservation files, and what
+# the kernel makes the caller wait for) no plugin can avoid. A plugin process that
+# started as fast as /bin/true and spent no user time at all would still need
+# floor + (wall - user); Go's ADD divided by that is the best ratio any plugin can reach.
+add_floor() {
+  local g wall cpu share user i n=$N
+  local conf='{"cniVersion":"1.0.0","name":"addfloor","type":"bridge","bridge":"cbxfloor1","isGateway":true,"ipam":{"type":"host-local","subnet":"10.91.0.0/24","dataDir":"'"$work"'/addfloor"}}'
+  [ -x "$INPROC" ] || { echo "add floor: $INPROC missing (make bench builds it), not measured"; return; }
+  g=$(cut -d' ' -f1 <"$work/go.add" | median)
+  for i in $(seq "$n"); do ip netns add "$contns-f$i"; done
+  read -r wall cpu < <("$INPROC" "$n" "/run/netns/$contns-f" "$conf")
+  if command -v perf >/dev/null; then
+    perf record -q -e cpu-clock -F 20000 -o "$work/perf.data" "$INPROC" "$n" "/run/netns/$contns-f" "$conf" >/dev/null 2>&1
+    share=$(perf script -i "$work/perf.data" -F comm,ip 2>/dev/null |
+      awk '$1 == "cnibox-add" {n++; if ($2 !~ /^ffff/) u++} END {printf "%.3f", (n > 0) ? u / n : 1}')
+  else
+    share=1 # no perf: count all CPU as user time, which can only lower the floor
+  fi
+  for i in $(seq "$n"); do ip netns del "$contns-f$i"; done
+  user=$(awk -v c="$cpu" -v s="$share" 'BEGIN{printf "%d", c * s}')
+  printf 'add floor: bridge + host-local ADD in one process (%d ADDs, no start-up): wall %d us, cpu %d us, user %d us (%s of cpu samples%s)
+' \
+    "$n" "$wall" "$cpu" "$user" "$share" "$(command -v perf >/dev/null || echo ', perf not installed: all cpu counted as user')"
+  printf 'add floor: a plugin process starting like /bin/true with no user time needs >= %d + %d = %d us: at best %.1fx Go'"'"'s %d us\n' \
+    "$floor" "$((wall - user))" "$((floor + wall - user))" "$(awk -v g="$g" -v m="$((floor + wall - user))" 'BEGIN{print g / m}')" "$g"
+}
 scenario "bridge + host-local" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
+add_floor
 scenario "bridge + host-local + ipMasq(nft)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 scenario "bridge + host-local + ipMasq(ipt)" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
 CNIBOX_NO_INPROCESS=1 scenario "bridge + host-local, IPAM exec'd" '{"cniVersion":"1.0.0","name":"benchnet","type":"bridge","bridge":"cbxbench0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"@DATA@"}}'
