@@ -603,6 +603,28 @@ fn netlink_builder_macvlan() {
     };
     got.source_macs.sort_unstable();
     assert_eq!(got, data);
+    // allmulti: off unless asked for, on when asked for, as `ip -d -j link` shows it.
+    let flags = |name: &str| -> Vec<String> {
+        let l = link(&cont, name).unwrap_or_else(|| panic!("no {name}"));
+        serde_json::from_value(l["flags"].clone()).unwrap()
+    };
+    assert!(
+        !flags("m0").iter().any(|f| f == "ALLMULTI"),
+        "{:?}",
+        flags("m0")
+    );
+    hnl.create_link(
+        &NewLink::typed("m2", KindData::Macvlan(Macvlan::default()))
+            .parent(p0)
+            .allmulti(true)
+            .netns(cf.file.as_fd()),
+    )
+    .unwrap();
+    assert!(
+        flags("m2").iter().any(|f| f == "ALLMULTI"),
+        "{:?}",
+        flags("m2")
+    );
     // Kind and kind data must agree.
     let mut bad = NewLink::typed("m1", KindData::Ifb);
     bad.kind = "veth";

@@ -1,7 +1,8 @@
 //! Links: get, list, create (veth pairs across namespaces, bridges, and the typed
-//! stacked kinds macvlan/ipvlan/vlan/vrf/ifb with a parent, kind data, txqlen, created
-//! directly in a target namespace), delete, and the setters plugins need (up/down, mtu,
-//! mac, name, master, netns, promisc), plus bridge-port flags and VLAN entries.
+//! stacked kinds macvlan/ipvlan/vlan/vrf/ifb with a parent, kind data, txqlen,
+//! allmulti, created directly in a target namespace), delete, and the setters plugins
+//! need (up/down, mtu, mac, name, master, netns, promisc), plus bridge-port flags and
+//! VLAN entries.
 
 use super::consts::*;
 use super::{attr, cstr, mac_string, nest, parse_nested, u32_of, Nl, NlError};
@@ -455,6 +456,8 @@ pub struct NewLink<'a> {
     pub parent: u32,
     /// IFLA_TXQLEN; `None` keeps the kernel's default.
     pub txqlen: Option<u32>,
+    /// Create with IFF_ALLMULTI set; `false` keeps the kernel's default (off).
+    pub allmulti: bool,
     /// Typed IFLA_INFO_DATA.
     pub info: Option<KindData>,
 }
@@ -488,6 +491,12 @@ impl<'a> NewLink<'a> {
 
     pub fn txqlen(mut self, qlen: u32) -> Self {
         self.txqlen = Some(qlen);
+        self
+    }
+
+    /// Receive all multicast frames (`ip link add ... allmulticast on`).
+    pub fn allmulti(mut self, on: bool) -> Self {
+        self.allmulti = on;
         self
     }
 
@@ -635,7 +644,14 @@ impl Nl {
                 .map_err(|e| anyhow!("{e}"))?;
         }
         attrs.push(info);
-        let msg = build(base(0), attrs)?;
+        // The kernel applies ifi_flags under ifi_change to a link it has just created
+        // (rtnl_configure_link), so allmulti needs no second request. Only sent when
+        // asked for: an empty change mask leaves every flag at the kernel's default.
+        let mut b = base(0);
+        if nl.allmulti {
+            b = b.ifi_flags(Iff::ALLMULTI).ifi_change(Iff::ALLMULTI);
+        }
+        let msg = build(b, attrs)?;
         self.request(Rtm::Newlink, NlmF::CREATE | NlmF::EXCL, msg, || {
             format!("failed to create {kind} link {:?}", nl.name)
         })?;
