@@ -36,12 +36,29 @@ fn tun(ns: &Netns, ifname: &str) -> Value {
         "master": l["master"]})
 }
 
-/// As `uid`/`gid` (no supplementary groups, no capabilities), inside `ns`: open a tun
-/// character device and attach to `ifname` as a queue. Python, not our own code, so the
-/// check is independent of `src/tap.rs`. The device node is the rig's own copy of
+/// The command that runs a Python program as `uid`/`gid` (no supplementary groups, no
+/// capabilities) inside the container: after `ip netns exec <cont>`.
+fn python_as(uid: u32, gid: u32, program: &str) -> Vec<String> {
+    [
+        "setpriv",
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--clear-groups",
+        "--inh-caps=-all",
+        "/usr/bin/python3",
+        "-c",
+        program,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The start of a Python program that opens a tun character device and attaches to
+/// `ifname` as a queue (fd `fd`), then prints "attached". Python, not our own code, so
+/// the check is independent of `src/tap.rs`. The device node is the rig's own copy of
 /// /dev/net/tun (10:200, mode 0666): this machine's is root-only, and the node's
 /// permissions are the administrator's business, not the tap's.
-fn attach_as(rig: &Rig, uid: u32, gid: u32, ifname: &str, mq: bool) -> Result<(), String> {
+fn attach_program(rig: &Rig, ifname: &str, mq: bool) -> String {
     let node = rig.dir.join("tun");
     if !node.exists() {
         let out = std::process::Command::new("mknod")
@@ -51,21 +68,21 @@ fn attach_as(rig: &Rig, uid: u32, gid: u32, ifname: &str, mq: bool) -> Result<()
         assert!(out.status.success(), "mknod: {out:?}");
     }
     let flags = 0x0002 | 0x1000 | if mq { 0x0100 } else { 0 }; // TAP | NO_PI | MULTI_QUEUE
-    let py = format!(
+    format!(
         "import fcntl,os,struct\nfd=os.open('{}',os.O_RDWR)\n\
-         fcntl.ioctl(fd,0x400454ca,struct.pack('16sH22x',b'{ifname}',{flags}))\nprint('attached')",
+         fcntl.ioctl(fd,0x400454ca,struct.pack('16sH22x',b'{ifname}',{flags}))\n\
+         print('attached',flush=True)\n",
         node.display()
-    );
-    let out = rig.cont.exec(&[
-        "setpriv",
-        &format!("--reuid={uid}"),
-        &format!("--regid={gid}"),
-        "--clear-groups",
-        "--inh-caps=-all",
-        "/usr/bin/python3",
-        "-c",
-        &py,
-    ]);
+    )
+}
+
+/// As `uid`/`gid`, inside the container: attach to `ifname` (see [`attach_program`]).
+fn attach_as(rig: &Rig, uid: u32, gid: u32, ifname: &str, mq: bool) -> Result<(), String> {
+    let py = attach_program(rig, ifname, mq);
+    let cmd = python_as(uid, gid, &py);
+    let out = rig
+        .cont
+        .exec(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() && stdout.contains("attached") {
         Ok(())
@@ -179,6 +196,167 @@ fn the_owner_can_attach_and_nobody_else() {
     }
     // The taps outlive every attachment (persistent).
     assert!(link(&rig.cont, "eth0").is_some());
+}
+
+/// What the attached process does after [`attach_program`]: it answers, through its
+/// fd, the ARP request and then the ICMP echo request the kernel sends out of the tap
+/// for `{target}` (as `{mac}`), printing what it read, and stays attached until its
+/// stdin closes; it gives up after 20 s.
+const ANSWER_PING: &str = r#"
+import select,socket,sys,time
+target=socket.inet_aton('{target}'); mine=bytes.fromhex('{mac}'.replace(':',''))
+def csum(b):
+    b+=bytes(len(b)%2); s=sum(struct.unpack('!%dH'%(len(b)//2),b))
+    while s>>16: s=(s&0xffff)+(s>>16)
+    return ~s&0xffff
+deadline=time.monotonic()+20
+while True:
+    left=deadline-time.monotonic()
+    if left<=0 or not select.select([fd],[],[],left)[0]:
+        sys.exit('no echo request for {target} before the deadline')
+    f=os.read(fd,65536)
+    if f[12:14]==b'\x08\x06' and f[20:22]==b'\x00\x01' and f[38:42]==target:
+        sha,spa=f[22:28],f[28:32]
+        print('arp-request',socket.inet_ntoa(target),'from',socket.inet_ntoa(spa),flush=True)
+        arp=struct.pack('!HHBBH',1,0x0800,6,4,2)+mine+target+sha+spa
+        os.write(fd,sha+mine+b'\x08\x06'+arp)
+    elif f[12:14]==b'\x08\x00' and f[23]==1 and f[30:34]==target:
+        ihl=(f[14]&15)*4; end=14+struct.unpack('!H',f[16:18])[0]
+        ip,icmp=f[14:14+ihl],f[14+ihl:end]
+        if icmp[0]!=8: continue
+        print('echo-request',socket.inet_ntoa(target),'from',socket.inet_ntoa(ip[12:16]),flush=True)
+        # Swapping source and destination leaves the IP header checksum as it is.
+        ip=ip[:12]+ip[16:20]+ip[12:16]+ip[20:]
+        body=b'\x00\x00\x00\x00'+icmp[4:]
+        body=body[:2]+struct.pack('!H',csum(body))+body[4:]
+        os.write(fd,f[6:12]+mine+b'\x08\x00'+ip+body)
+        break
+# Stay attached (the carrier stays up) until stdin closes: the test reads kernel state.
+select.select([sys.stdin],[],[],max(0,deadline-time.monotonic()))
+"#;
+
+/// The tap fd carries traffic both ways for an unprivileged process in the container:
+/// the owner attaches (Python, not our code), the kernel's ARP request and ICMP echo
+/// request for another address of the tap's /24 come out of the fd, and the replies the
+/// process writes into it reach the kernel (`ping` succeeds, the neighbour entry has the
+/// process's MAC).
+#[test]
+fn the_owner_exchanges_frames_through_the_tap_fd() {
+    use std::io::BufRead;
+    let rig = Rig::new();
+    let c = conf_ipam(&rig, json!({"owner": OWNER}));
+    let v = rig.call("tap", "ADD", &c).run().ok().clone();
+    assert_eq!(v["ips"][0]["address"], "10.33.0.2/24");
+    let (target, mac) = ("10.33.0.9", "02:00:00:00:00:99");
+    let py = attach_program(&rig, "eth0", false)
+        + &ANSWER_PING
+            .replace("{target}", target)
+            .replace("{mac}", mac);
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &rig.cont.name])
+        .args(python_as(OWNER, OWNER, &py))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = || {
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    };
+    let attached = line();
+    // The kernel resolves the address (ARP out of the tap), then sends the echo request.
+    let ping = (attached == "attached").then(|| {
+        rig.cont
+            .exec(&["ping", "-n", "-c", "1", "-w", "15", target])
+    });
+    let seen = [line(), line()];
+    // While the process is still attached: the reply it wrote made the neighbour entry.
+    let neigh = ping.as_ref().map(|_| {
+        rig.cont
+            .ip_json(&["neigh", "show", "to", target, "dev", "eth0"])
+    });
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(attached, "attached", "the owner could not attach: {stderr}");
+    assert!(
+        out.status.success(),
+        "the attached process: {seen:?} {stderr}"
+    );
+    assert_eq!(
+        seen,
+        [
+            format!("arp-request {target} from 10.33.0.2"),
+            format!("echo-request {target} from 10.33.0.2")
+        ],
+        "{stderr}"
+    );
+    let ping = ping.unwrap();
+    assert!(ping.status.success(), "ping: {ping:?}");
+    let neigh = neigh.unwrap();
+    assert_eq!(neigh[0]["lladdr"], mac, "{neigh}");
+    rig.call("tap", "DEL", &c).run().ok();
+}
+
+/// Nothing is exec'd (no `ip`, as the reference does for SELinux, nor anything else
+/// found through PATH): ADD, CHECK and DEL work with PATH an empty directory. IPAM is
+/// found through CNI_PATH, as the spec says.
+#[test]
+fn add_check_del_with_nothing_on_path() {
+    let rig = Rig::new();
+    let empty = rig.dir.join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let path = empty.to_str().unwrap();
+    rig.cont.ip(&["link", "add", "br0", "type", "bridge"]);
+    let c = conf_ipam(
+        &rig,
+        json!({"mac": "02:aa:bb:cc:dd:07", "mtu": 1400, "multiQueue": true,
+            "owner": OWNER, "group": GROUP}),
+    );
+    let l2 = conf(json!({"bridge": "br0", "owner": OWNER}));
+    let v = rig
+        .call("tap", "ADD", &c)
+        .env("PATH", path)
+        .run()
+        .ok()
+        .clone();
+    let v2 = rig
+        .call("tap", "ADD", &l2)
+        .ifname("tap1")
+        .env("PATH", path)
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(
+        tun(&rig.cont, "eth0"),
+        json!({"data": {"type": "tap", "pi": false, "vnet_hdr": true, "multi_queue": true,
+            "numqueues": 0, "numdisabled": 0, "persist": true, "user": OWNER, "group": GROUP},
+            "mtu": 1400, "mac": "02:aa:bb:cc:dd:07", "up": true, "master": null})
+    );
+    assert!(has_addr(&rig.cont, "eth0", "10.33.0.2/24"));
+    assert_eq!(tun(&rig.cont, "tap1")["master"], "br0");
+    for (ifname, c, v) in [("eth0", &c, &v), ("tap1", &l2, &v2)] {
+        rig.call("tap", "CHECK", &with_prev(c, v))
+            .ifname(ifname)
+            .env("PATH", path)
+            .run()
+            .ok();
+        rig.call("tap", "DEL", &with_prev(c, v))
+            .ifname(ifname)
+            .env("PATH", path)
+            .run()
+            .ok();
+        assert!(link(&rig.cont, ifname).is_none(), "{ifname} is still there");
+    }
+    assert!(reservations(&rig.data_dir().join("tapnet")).is_empty());
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "PATH stayed empty"
+    );
 }
 
 #[test]
