@@ -47,7 +47,7 @@ fn dummy_driver_or_deferred_to_the_vm() {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "dummy: no dummy driver in this kernel: 3 dummy tests ignored here, `make test-vm` runs them"
+        "dummy: no dummy driver in this kernel: 4 dummy tests ignored here, `make test-vm` runs them"
     );
 }
 
@@ -152,6 +152,48 @@ fn add_check_del() {
     let mut no_ipam = c.clone();
     no_ipam.as_object_mut().unwrap().remove("ipam");
     rig.call("dummy", "DEL", &no_ipam).netns(&gone).run().ok();
+}
+
+/// Nothing is exec'd (no `ip`, nor anything else found through PATH): ADD, CHECK and
+/// DEL work with PATH an empty directory. IPAM is found through CNI_PATH, as the spec
+/// says.
+#[test]
+#[ignore = "needs the dummy driver: make test-vm runs it in the VM"]
+fn add_check_del_with_nothing_on_path() {
+    if !need_dummy() {
+        return;
+    }
+    let rig = Rig::new();
+    let empty = rig.dir.join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let path = empty.to_str().unwrap();
+    let c = conf(&rig, json!({}));
+    let v = rig
+        .call("dummy", "ADD", &c)
+        .env("PATH", path)
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(kind(&rig.cont, "eth0"), "dummy");
+    assert!(has_addr(&rig.cont, "eth0", "10.55.0.2/24"), "{v}");
+    assert!(routes(&rig.cont, false)
+        .iter()
+        .any(|r| r["dst"] == "10.56.0.0/16" && r["gateway"] == "10.55.0.1"));
+    rig.call("dummy", "CHECK", &with_prev(&c, &v))
+        .env("PATH", path)
+        .run()
+        .ok();
+    rig.call("dummy", "DEL", &with_prev(&c, &v))
+        .env("PATH", path)
+        .run()
+        .ok();
+    assert!(link(&rig.cont, "eth0").is_none());
+    assert!(reservations(&rig.data_dir().join("dumnet")).is_empty());
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "PATH stayed empty"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! tap through the built binary (§2.8, §4.8 of the reference notes): the device in the
 //! container with its MAC, MTU, owner, group and queue mode, attachable by its owner
-//! only; L3 with IPAM; a bridge inside the container; SELinux labels; rollback;
-//! malformed input; and the Go plugin v1.9.1 side by side.
+//! only, carrying frames both ways through the owner's fd; nothing exec'd (empty PATH);
+//! L3 with IPAM; a bridge inside the container; SELinux labels; rollback; malformed
+//! input; and the Go plugin v1.9.1 side by side.
 
 mod common;
 
