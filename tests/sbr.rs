@@ -202,6 +202,101 @@ fn differential_against_v1_9_1() {
     }
 }
 
+/// Tables already in use in the container: a foreign route in table 100 (no rule
+/// points there) and a foreign rule to table 101.
+fn occupy_tables(rig: &Rig) {
+    rig.cont
+        .ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "table", "100"]);
+    rig.cont
+        .ip(&["rule", "add", "from", "192.0.2.1", "table", "101"]);
+}
+
+/// The rules of a [`state`] (both families) whose table is `t`, as (src, srclen).
+fn rules_to(s: &Value, t: &str) -> Vec<Value> {
+    ["rules4", "rules6"]
+        .iter()
+        .flat_map(|k| s[k].as_array().unwrap().clone())
+        .filter(|r| r["table"] == t)
+        .map(|r| json!([r["src"], r["srclen"]]))
+        .collect()
+}
+
+/// The routes of a [`state`] in table `t` (both families), as (dst, gateway, dev).
+fn routes_in(s: &Value, t: &str) -> Vec<Value> {
+    let mut v: Vec<Value> = ["routes4", "routes6"]
+        .iter()
+        .flat_map(|k| s[k].as_array().unwrap().clone())
+        .filter(|r| r["table"] == t)
+        .map(|r| json!([r["dst"], r["gateway"], r["dev"]]))
+        .collect();
+    v.sort_by_key(|r| r.to_string());
+    v
+}
+
+/// The table id walk of v1.9.1's getNextTableID, with tables already in use: a table
+/// that a rule points to is skipped; a table holding only routes is not, because the
+/// reference lists routes with `RouteList(nil, FAMILY_ALL)`, which the netlink library
+/// restricts to the main table (so its "no existing routes in it" never sees table
+/// 100). The IPv4 address takes 100 beside the foreign route, the IPv6 one skips 101
+/// (the foreign rule) and takes 102. DEL removes sbr's rules only: the foreign rule
+/// and the foreign route stay. The Go plugin, on the same setup, makes the same
+/// rules and routes.
+#[test]
+fn table_ids_in_use_by_a_rule_are_skipped_like_v1_9_1() {
+    let ours = Rig::new();
+    let go = Rig::new();
+    for rig in [&ours, &go] {
+        setup(rig);
+        occupy_tables(rig);
+    }
+    let before = state(&ours.cont);
+    let foreign_route = json!(["192.0.2.0/24", null, "lo"]);
+    assert_eq!(routes_in(&before, "100"), vec![foreign_route.clone()]);
+    assert_eq!(rules_to(&before, "101"), vec![json!(["192.0.2.1", null])]);
+    assert_eq!(rules_to(&before, "100"), Vec::<Value>::new());
+
+    let c = conf(&ours, json!({}));
+    ours.call("sbr", "ADD", &c).run().ok();
+    let s = state(&ours.cont);
+    assert_eq!(rules_to(&s, "100"), vec![json!(["10.78.0.2", null])]);
+    assert_eq!(
+        rules_to(&s, "101"),
+        vec![json!(["192.0.2.1", null])],
+        "101 is the foreign rule's alone"
+    );
+    assert_eq!(rules_to(&s, "102"), vec![json!(["fd78::2", null])]);
+    assert_eq!(
+        routes_in(&s, "100"),
+        vec![
+            json!(["10.200.0.0/16", "10.78.0.1", "eth0"]),
+            json!(["10.78.0.0/24", null, "eth0"]),
+            foreign_route.clone(),
+            json!(["default", "10.78.0.1", "eth0"]),
+            // a route with neither src nor gateway is copied into each IP's table
+            json!(["fd78::/64", null, "eth0"]),
+        ]
+    );
+    assert_eq!(routes_in(&s, "101"), Vec::<Value>::new());
+    assert_eq!(
+        routes_in(&s, "102"),
+        vec![json!(["fd78::/64", null, "eth0"])]
+    );
+
+    let cg = conf(&go, json!({}));
+    go.call("sbr", "ADD", &cg).go().run().ok();
+    assert_eq!(
+        state(&go.cont),
+        s,
+        "the Go plugin v1.9.1 picks the same tables"
+    );
+
+    ours.call("sbr", "DEL", &c).run().ok();
+    let after = state(&ours.cont);
+    assert_eq!(after["rules4"], before["rules4"]);
+    assert_eq!(after["rules6"], before["rules6"]);
+    assert!(routes_in(&after, "100").contains(&foreign_route));
+}
+
 /// Every case of the table fails with its code and changes nothing (the FIB rules are
 /// part of the snapshot), and none creates the missing netns path (the runner checks).
 #[test]

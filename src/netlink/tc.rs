@@ -1,5 +1,5 @@
 //! Traffic control over rtnetlink: qdiscs (TBF, ingress, clsact), u32 filters with the
-//! mirred redirect action, listing and deleting them.
+//! mirred redirect action, listing and deleting them (qdiscs, and filters one by one).
 //!
 //! Messages are built by hand (a `tcmsg` and attributes): neli has no typed tc support,
 //! and the encodings have to match what `tc` and the Go plugins send, byte for byte
@@ -14,6 +14,7 @@ const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
 const RTM_GETQDISC: u16 = 38;
 const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
 const RTM_GETTFILTER: u16 = 46;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -478,8 +479,43 @@ impl Nl {
         Ok(())
     }
 
-    /// Filters of `ifindex` under `parent`. u32 lists its hash tables as filters too;
-    /// only the ones with a kind are returned.
+    /// `tc filter del dev <ifindex> parent <parent> protocol <protocol> prio <prio>
+    /// [handle <handle> <kind>]`: the kernel's RTM_DELTFILTER model. A filter is found by
+    /// its block (`parent`), then its classifier instance (`prio` and `protocol`), then
+    /// its handle inside that instance; `handle` 0 deletes the whole instance (every
+    /// filter of that prio and protocol). `prio` 0 would make the kernel flush the whole
+    /// chain, which no caller means by "delete a filter": refused here.
+    pub fn del_filter(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        prio: u16,
+        protocol: u16,
+        handle: u32,
+        kind: &str,
+    ) -> Result<()> {
+        if prio == 0 {
+            return Err(anyhow::anyhow!(
+                "refusing to delete filter {} on ifindex {ifindex} without a prio: the kernel \
+                 would flush every filter under the parent",
+                hex_handle(handle)
+            ));
+        }
+        let info = ((prio as u32) << 16) | protocol.to_be() as u32;
+        let mut m = tcmsg(ifindex, handle, parent, info);
+        // With a kind, the kernel also checks the instance is that classifier
+        // (EINVAL otherwise) rather than deleting whatever sits at that prio.
+        if !kind.is_empty() {
+            tlv(&mut m, TCA_KIND, format!("{kind}\0").as_bytes());
+        }
+        self.tc_request(RTM_DELTFILTER, 0, m, &|| {
+            format!("failed to delete {kind} filter {handle:x} prio {prio} on ifindex {ifindex}")
+        })?;
+        Ok(())
+    }
+
+    /// Filters of `ifindex` under `parent`. u32 lists each instance's header and hash
+    /// tables as filters too (kind "u32", no redirects) beside its key nodes.
     pub fn filters(&self, ifindex: u32, parent: u32) -> Result<Vec<Filter>> {
         let items = self.tc_request(
             RTM_GETTFILTER,
