@@ -2,7 +2,8 @@
 //!
 //! ADD, inside the container netns, for each prevResult IP of `CNI_IFNAME`:
 //! - with `table`: the rule `from <ip>/32|/128 lookup <table>`, nothing else;
-//! - without: the first table id >= 100 no rule uses, the rule `from <ip> lookup <id>`,
+//! - without: the first table id >= 100 no rule and no route uses, the rule
+//!   `from <ip> lookup <id>`,
 //!   a default route via the IP's gateway in it, and a copy of each of the interface's
 //!   main-table routes whose src or gateway is in the IP's subnet (or that has neither);
 //!   the next IP takes the next free id. Then the interface's main-table routes go.
@@ -17,7 +18,10 @@
 //! - a failed ADD removes the rules and routes it added and puts back the routes it
 //!   deleted;
 //! - `table` must be a positive 32-bit id (code 7);
-//! - CHECK checks that each IP has its rule (the reference's CHECK does nothing).
+//! - CHECK checks that each IP has its rule (the reference's CHECK does nothing);
+//! - a table that already holds routes (of any table user) is skipped like one a rule
+//!   points to; the reference lists main-table routes only, so it puts the container's
+//!   routes beside someone else's in such a table.
 
 use anyhow::{anyhow, Context, Result};
 use cnibox::cni::skel::{Applet, Ctx, Kind, Plugin, ALL};
@@ -156,12 +160,15 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
             .link_must(LinkId::Name(&ctx.ifname))
             .with_context(|| format!("Cannot find network interface {}", ctx.ifname))?;
         let rules = nl.rules()?;
-        let mut main = nl.routes(false, RT_TABLE_MAIN)?;
-        main.extend(nl.routes(true, RT_TABLE_MAIN)?);
-        let mut t = next_free(&rules, &main, FIRST_TABLE);
-        let own: Vec<RouteSpec> = main
+        // Every table's routes, not only main's: a table that holds someone's routes is in
+        // use even when no rule points to it yet (the reference means to skip those too,
+        // but its route listing only ever sees the main table).
+        let mut all = nl.routes(false, 0)?;
+        all.extend(nl.routes(true, 0)?);
+        let mut t = next_free(&rules, &all, FIRST_TABLE);
+        let own: Vec<RouteSpec> = all
             .iter()
-            .filter(|r| r.oif == link.index)
+            .filter(|r| r.table == RT_TABLE_MAIN && r.oif == link.index)
             .cloned()
             .collect();
         for ip in &ips {
@@ -188,7 +195,7 @@ fn add(ctx: &Ctx) -> Result<CniResult> {
                     undo.push("delete a copied route", move || n.del_route(&copy));
                 }
             }
-            t = next_free(&rules, &main, t + 1);
+            t = next_free(&rules, &all, t + 1);
         }
         for r in &own {
             match nl.del_route(r) {

@@ -233,16 +233,15 @@ fn routes_in(s: &Value, t: &str) -> Vec<Value> {
     v
 }
 
-/// The table id walk of v1.9.1's getNextTableID, with tables already in use: a table
-/// that a rule points to is skipped; a table holding only routes is not, because the
-/// reference lists routes with `RouteList(nil, FAMILY_ALL)`, which the netlink library
-/// restricts to the main table (so its "no existing routes in it" never sees table
-/// 100). The IPv4 address takes 100 beside the foreign route, the IPv6 one skips 101
-/// (the foreign rule) and takes 102. DEL removes sbr's rules only: the foreign rule
-/// and the foreign route stay. The Go plugin, on the same setup, makes the same
-/// rules and routes.
+/// The table id walk with tables already in use: table 100 holds a foreign route and
+/// table 101 is a foreign rule's. cnibox skips both (the IPv4 address takes 102, the
+/// IPv6 one 103). v1.9.1's getNextTableID means to skip a table with routes too, but
+/// lists routes with `RouteList(nil, FAMILY_ALL)`, which the netlink library restricts to
+/// the main table, so the Go plugin puts the IPv4 rule's routes into 100 beside the
+/// foreign route (shown below) and the IPv6 rule into 102. DEL removes sbr's rules only:
+/// the foreign rule and the foreign route stay.
 #[test]
-fn table_ids_in_use_by_a_rule_are_skipped_like_v1_9_1() {
+fn table_ids_in_use_by_a_rule_or_a_route_are_skipped() {
     let ours = Rig::new();
     let go = Rig::new();
     for rig in [&ours, &go] {
@@ -255,46 +254,56 @@ fn table_ids_in_use_by_a_rule_are_skipped_like_v1_9_1() {
     assert_eq!(rules_to(&before, "101"), vec![json!(["192.0.2.1", null])]);
     assert_eq!(rules_to(&before, "100"), Vec::<Value>::new());
 
+    let v4_routes = |t: &str, s: &Value| {
+        let mut want = vec![
+            json!(["10.200.0.0/16", "10.78.0.1", "eth0"]),
+            json!(["10.78.0.0/24", null, "eth0"]),
+            json!(["default", "10.78.0.1", "eth0"]),
+            // a route with neither src nor gateway is copied into each IP's table
+            json!(["fd78::/64", null, "eth0"]),
+        ];
+        if t == "100" {
+            want.insert(2, foreign_route.clone());
+        }
+        assert_eq!(routes_in(s, t), want, "routes of table {t}");
+    };
+
     let c = conf(&ours, json!({}));
     ours.call("sbr", "ADD", &c).run().ok();
     let s = state(&ours.cont);
-    assert_eq!(rules_to(&s, "100"), vec![json!(["10.78.0.2", null])]);
+    assert_eq!(
+        routes_in(&s, "100"),
+        vec![foreign_route.clone()],
+        "100 untouched"
+    );
+    assert_eq!(rules_to(&s, "100"), Vec::<Value>::new());
     assert_eq!(
         rules_to(&s, "101"),
         vec![json!(["192.0.2.1", null])],
         "101 is the foreign rule's alone"
     );
-    assert_eq!(rules_to(&s, "102"), vec![json!(["fd78::2", null])]);
-    assert_eq!(
-        routes_in(&s, "100"),
-        vec![
-            json!(["10.200.0.0/16", "10.78.0.1", "eth0"]),
-            json!(["10.78.0.0/24", null, "eth0"]),
-            foreign_route.clone(),
-            json!(["default", "10.78.0.1", "eth0"]),
-            // a route with neither src nor gateway is copied into each IP's table
-            json!(["fd78::/64", null, "eth0"]),
-        ]
-    );
     assert_eq!(routes_in(&s, "101"), Vec::<Value>::new());
+    assert_eq!(rules_to(&s, "102"), vec![json!(["10.78.0.2", null])]);
+    v4_routes("102", &s);
+    assert_eq!(rules_to(&s, "103"), vec![json!(["fd78::2", null])]);
     assert_eq!(
-        routes_in(&s, "102"),
+        routes_in(&s, "103"),
         vec![json!(["fd78::/64", null, "eth0"])]
     );
 
+    // The reference, on the same setup: the IPv4 rule's routes land beside the foreign one.
     let cg = conf(&go, json!({}));
     go.call("sbr", "ADD", &cg).go().run().ok();
-    assert_eq!(
-        state(&go.cont),
-        s,
-        "the Go plugin v1.9.1 picks the same tables"
-    );
+    let g = state(&go.cont);
+    assert_eq!(rules_to(&g, "100"), vec![json!(["10.78.0.2", null])]);
+    v4_routes("100", &g);
+    assert_eq!(rules_to(&g, "102"), vec![json!(["fd78::2", null])]);
 
     ours.call("sbr", "DEL", &c).run().ok();
     let after = state(&ours.cont);
     assert_eq!(after["rules4"], before["rules4"]);
     assert_eq!(after["rules6"], before["rules6"]);
-    assert!(routes_in(&after, "100").contains(&foreign_route));
+    assert_eq!(routes_in(&after, "100"), vec![foreign_route]);
 }
 
 /// Every case of the table fails with its code and changes nothing (the FIB rules are
