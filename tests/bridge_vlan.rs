@@ -231,22 +231,25 @@ fn trunk_normalisation() {
     );
 }
 
+/// The host's link names: a failed ADD must leave this list as it found it.
+fn host_link_names(rig: &Rig) -> Vec<String> {
+    let mut v: Vec<String> = links(&rig.host)
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
 /// What a failed VLAN-gateway ADD must not leave in the rig: the `cbr0.100` gateway,
-/// any veth (the container's pair or the gateway's), a port on `cbr0` other than
-/// `keep_ports` of them, the container's interface, a reservation.
-fn assert_nothing_left(rig: &Rig, keep_ports: usize, what: &str) {
+/// any other link it made (veths, the gateway's peer, the bridge if it made it), the
+/// container's interface, a reservation.
+fn assert_nothing_left(rig: &Rig, links_before: &[String], what: &str) {
     assert!(
         link(&rig.host, "cbr0.100").is_none(),
         "{what}: the VLAN gateway was left"
     );
-    let host = links(&rig.host);
-    let veths: Vec<&Value> = host
-        .iter()
-        .filter(|l| l["linkinfo"]["info_kind"] == "veth")
-        .collect();
-    assert!(veths.is_empty(), "{what}: left {veths:?}");
-    let ports = host.iter().filter(|l| l["master"] == "cbr0").count();
-    assert_eq!(ports, keep_ports, "{what}: ports of cbr0");
+    assert_eq!(host_link_names(rig), links_before, "{what}: host links");
     assert!(link(&rig.cont, "eth0").is_none(), "{what}");
     let left = reservations_under(&rig.data_dir());
     assert!(left.is_empty(), "{what}: reservations {left:?}");
@@ -277,8 +280,10 @@ fn good_add_makes_a_complete_gateway(rig: &Rig, what: &str) {
 #[ignore = "needs bridge VLAN filtering: make test-vm runs these in the VM (--include-ignored)"]
 fn failed_add_removes_the_vlan_gateway_it_created() {
     need_vlan_filtering();
-    for bridge_existed in [true, false] {
-        let what = format!("bridge existed before: {bridge_existed}");
+    // (the bridge exists before, another container is on it in VLAN 200)
+    for (bridge_existed, neighbour) in [(true, false), (false, false), (true, true)] {
+        let what =
+            format!("bridge existed before: {bridge_existed}, VLAN 200 neighbour: {neighbour}");
         let rig = Rig::new();
         if bridge_existed {
             rig.host.ip(&[
@@ -291,6 +296,19 @@ fn failed_add_removes_the_vlan_gateway_it_created() {
                 "1",
             ]);
         }
+        // A container in another VLAN cannot use the VLAN 100 gateway: its port does
+        // not make the gateway "shared".
+        let other = rig.add_cont();
+        if neighbour {
+            let l2 = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge",
+                "bridge": "cbr0", "vlan": 200});
+            rig.call("bridge", "ADD", &l2)
+                .id("vlan200")
+                .netns(other.path.to_str().unwrap())
+                .run()
+                .ok();
+        }
+        let before = host_link_names(&rig);
         let two_v4 = json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.3.0/24"}]]);
         let conf = bridge_conf(
             &rig,
@@ -304,8 +322,7 @@ fn failed_add_removes_the_vlan_gateway_it_created() {
             text.contains("\"cbr0.100\" already has an IP address different from 10.1.3.1/24"),
             "{what}: failed elsewhere: {text}"
         );
-        assert_nothing_left(&rig, 0, &what);
-        assert_eq!(link(&rig.host, "cbr0").is_some(), bridge_existed, "{what}");
+        assert_nothing_left(&rig, &before, &what);
         good_add_makes_a_complete_gateway(&rig, &what);
     }
 }
@@ -341,6 +358,7 @@ fn half_made_vlan_gateway_of_a_failed_add_is_deleted() {
     std::fs::write(&batch, cmds).unwrap();
     rig.host.ip(&["-batch", batch.to_str().unwrap()]);
 
+    let before = host_link_names(&rig);
     let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true, "vlan": 100}), v4());
     let out = rig.call("bridge", "ADD", &conf).run();
     let text = out.err_text();
@@ -348,7 +366,7 @@ fn half_made_vlan_gateway_of_a_failed_add_is_deleted() {
         text.contains("failed to create the VLAN gateway \"cbr0.100\""),
         "failed elsewhere: {text}"
     );
-    assert_nothing_left(&rig, fill, "full bridge");
+    assert_nothing_left(&rig, &before, "full bridge");
 
     // With room for both ports, the next ADD works.
     rig.host.ip(&["link", "del", "fill0"]);

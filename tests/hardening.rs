@@ -218,10 +218,11 @@ fn del_with_a_config_add_would_refuse_cleans_up_after_a_real_add() {
         for (bad, code) in &refused {
             let rig = Rig::new();
             let what = format!("{backend} backend, DEL with {bad}");
+            let ipam = json!({"type": "host-local", "subnet": "10.74.0.0/24",
+                "dataDir": rig.data_dir()});
             let conf = json!({"cniVersion": "1.0.0", "name": "cnet", "type": "bridge",
                 "bridge": "cbr9", "isGateway": true, "ipMasq": true, "ipMasqBackend": backend,
-                "macspoofchk": true,
-                "ipam": {"type": "host-local", "subnet": "10.74.0.0/24", "dataDir": rig.data_dir()}});
+                "macspoofchk": true, "ipam": ipam});
             let bad_conf = merged(conf.clone(), bad);
             let add = rig.call("bridge", "ADD", &bad_conf).run();
             assert_eq!(
