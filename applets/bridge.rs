@@ -255,12 +255,29 @@ fn ensure_bridge(nl: &Nl, b: &Bridge) -> Result<(cnibox::netlink::Link, bool)> {
 
 /// Undo of a failed ADD for a link it created on the bridge's behalf: delete `index`
 /// unless the bridge `master` has ports other than `ours` (another ADD got in between
-/// and uses it).
-fn delete_unless_shared(nl: &Nl, index: u32, master: u32, ours: &[u32]) -> Result<()> {
-    let shared = nl
-        .links()?
-        .iter()
-        .any(|l| l.master == master && l.index != index && !ours.contains(&l.index));
+/// and uses it). With `vlan`, only ports in that VLAN count: a container in another
+/// VLAN cannot use that VLAN's gateway, and a concurrent ADD that reuses the gateway
+/// has put its port in the VLAN before it looks for the gateway.
+fn delete_unless_shared(
+    nl: &Nl,
+    index: u32,
+    master: u32,
+    ours: &[u32],
+    vlan: Option<u16>,
+) -> Result<()> {
+    let mut shared = false;
+    for l in nl.links()? {
+        if l.master != master || l.index == index || ours.contains(&l.index) {
+            continue;
+        }
+        shared = match vlan {
+            None => true,
+            Some(v) => nl.bridge_vlans(l.index)?.iter().any(|(vid, _)| *vid == v),
+        };
+        if shared {
+            break;
+        }
+    }
     if shared {
         return Ok(());
     }
@@ -463,7 +480,7 @@ impl<'a> Attach<'a> {
             // Undo runs newest first: by then our own port is already gone.
             let index = br.index;
             undo.push("delete the bridge this ADD created", move || {
-                delete_unless_shared(nl, index, index, &[])
+                delete_unless_shared(nl, index, index, &[], None)
             });
         }
         let pair = l3::setup_veth(
@@ -580,9 +597,10 @@ impl<'a> Attach<'a> {
                 let (vg, peer, created) =
                     ensure_vlan_gateway(nl, &self.host_ns, br, b.c.vlan as u16, b)?;
                 if created {
-                    let (gw_index, br_index) = (vg.index, br.index);
+                    let (gw_index, br_index, vlan) = (vg.index, br.index, b.c.vlan as u16);
+                    let ours = [peer, host_port];
                     undo.push("delete the VLAN gateway this ADD created", move || {
-                        delete_unless_shared(nl, gw_index, br_index, &[peer, host_port])
+                        delete_unless_shared(nl, gw_index, br_index, &ours, Some(vlan))
                     });
                 }
                 gw_link = vg.name.clone();

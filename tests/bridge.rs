@@ -422,6 +422,90 @@ fn explicit_bridge_mac_is_left_alone() {
     assert_eq!(v["interfaces"][0]["mac"], "02:00:00:00:be:ef");
 }
 
+/// The bridge MAC is pinned once, by the ADD that gives the bridge its gateway address,
+/// and not set again by later ADDs (issue 24): setting a MAC, even the same one, makes
+/// the kernel flush every neighbour entry of the bridge. A stale entry put on the bridge
+/// after the first ADD is still there after a second container's ADD.
+#[test]
+fn later_adds_keep_the_bridge_neighbour_cache() {
+    let rig = Rig::new();
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    rig.call("bridge", "ADD", &conf).id("n1").run().ok();
+    let br_mac = link(&rig.host, "cbr0").unwrap()["address"].clone();
+    rig.host.ip(&[
+        "neigh",
+        "replace",
+        "10.1.2.200",
+        "lladdr",
+        "02:00:00:00:12:34",
+        "dev",
+        "cbr0",
+        "nud",
+        "stale",
+    ]);
+    let entry = |rig: &Rig| -> Option<Value> {
+        rig.host
+            .ip_json(&["neigh", "show", "dev", "cbr0"])
+            .as_array()
+            .expect("ip neigh prints a list")
+            .iter()
+            .find(|n| n["dst"] == "10.1.2.200")
+            .cloned()
+    };
+    let before = entry(&rig).expect("the neighbour entry the test made");
+    assert_eq!(before["lladdr"], "02:00:00:00:12:34", "{before}");
+
+    let c2 = rig.add_cont();
+    let v2 = rig
+        .call("bridge", "ADD", &conf)
+        .id("n2")
+        .netns(c2.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
+    let after = entry(&rig).expect("the second ADD flushed the bridge's neighbour cache");
+    assert_eq!(after["lladdr"], "02:00:00:00:12:34", "{after}");
+    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], br_mac);
+    assert_eq!(v2["interfaces"][0]["mac"], br_mac);
+}
+
+/// A bridge that already has a port (made by the operator, not by cnibox) and a MAC set
+/// explicitly is left alone (issue 24): its MAC is the explicit one after the first ADD,
+/// and after that container's DEL and another container's ADD.
+#[test]
+fn explicit_mac_of_a_bridge_with_ports_is_left_alone() {
+    let rig = Rig::new();
+    let explicit = "02:00:00:00:ca:fe";
+    rig.host.ip(&["link", "add", "cbr0", "type", "bridge"]);
+    rig.host.ip(&[
+        "link", "add", "opport0", "type", "veth", "peer", "name", "opport1",
+    ]);
+    rig.host.ip(&["link", "set", "opport0", "master", "cbr0"]);
+    rig.host.ip(&["link", "set", "cbr0", "address", explicit]);
+    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], explicit);
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true}), v4());
+    let v = rig.call("bridge", "ADD", &conf).id("e1").run().ok().clone();
+    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], explicit);
+    assert_eq!(v["interfaces"][0]["mac"], explicit);
+    assert_eq!(link(&rig.host, "opport0").unwrap()["master"], "cbr0");
+
+    rig.call("bridge", "DEL", &with_prev(&conf, &v))
+        .id("e1")
+        .run()
+        .ok();
+    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], explicit);
+    let c2 = rig.add_cont();
+    let v2 = rig
+        .call("bridge", "ADD", &conf)
+        .id("e2")
+        .netns(c2.path.to_str().unwrap())
+        .run()
+        .ok()
+        .clone();
+    assert_eq!(link(&rig.host, "cbr0").unwrap()["address"], explicit);
+    assert_eq!(v2["interfaces"][0]["mac"], explicit);
+}
+
 #[test]
 fn container_mac_precedence() {
     let rig = Rig::new();

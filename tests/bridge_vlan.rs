@@ -230,3 +230,146 @@ fn trunk_normalisation() {
         ]
     );
 }
+
+/// The host's link names: a failed ADD must leave this list as it found it.
+fn host_link_names(rig: &Rig) -> Vec<String> {
+    let mut v: Vec<String> = links(&rig.host)
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a failed VLAN-gateway ADD must not leave in the rig: the `cbr0.100` gateway,
+/// any other link it made (veths, the gateway's peer, the bridge if it made it), the
+/// container's interface, a reservation.
+fn assert_nothing_left(rig: &Rig, links_before: &[String], what: &str) {
+    assert!(
+        link(&rig.host, "cbr0.100").is_none(),
+        "{what}: the VLAN gateway was left"
+    );
+    assert_eq!(host_link_names(rig), links_before, "{what}: host links");
+    assert!(link(&rig.cont, "eth0").is_none(), "{what}");
+    let left = reservations_under(&rig.data_dir());
+    assert!(left.is_empty(), "{what}: reservations {left:?}");
+}
+
+/// After a failed ADD, a good one makes a complete gateway: `cbr0.100` with the
+/// gateway address, its peer an access port of VLAN 100 on `cbr0`.
+fn good_add_makes_a_complete_gateway(rig: &Rig, what: &str) {
+    let conf = bridge_conf(rig, "1.0.0", json!({"isGateway": true, "vlan": 100}), v4());
+    let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
+    assert_eq!(v["interfaces"][3]["name"], "cbr0.100", "{what}");
+    assert!(has_addr(&rig.host, "cbr0.100", "10.1.2.1/24"), "{what}");
+    let gw = link(&rig.host, "cbr0.100").expect("gateway");
+    let peer = link(&rig.host, gw["link"].as_str().expect("the gateway's peer"))
+        .expect("the gateway's peer");
+    assert_eq!(peer["master"], "cbr0", "{what}: {peer}");
+    let vl = port_vlans(&rig.host, peer["ifname"].as_str().unwrap());
+    assert!(vl.contains(&(100, true, true)), "{what}: {vl:?}");
+}
+
+/// Issue 15 §2: a failed ADD removes the VLAN gateway it created. Here the ADD fails
+/// after the gateway `cbr0.100` exists and got its first address: IPAM gave two IPv4
+/// addresses, and the second range's gateway is a different IPv4 address on the same
+/// device, refused without `forceAddress`. Nothing of the ADD stays (on a bridge that
+/// existed before, and on one this ADD made), and a later good ADD gets a complete
+/// gateway.
+#[test]
+#[ignore = "needs bridge VLAN filtering: make test-vm runs these in the VM (--include-ignored)"]
+fn failed_add_removes_the_vlan_gateway_it_created() {
+    need_vlan_filtering();
+    // (the bridge exists before, another container is on it in VLAN 200)
+    for (bridge_existed, neighbour) in [(true, false), (false, false), (true, true)] {
+        let what =
+            format!("bridge existed before: {bridge_existed}, VLAN 200 neighbour: {neighbour}");
+        let rig = Rig::new();
+        if bridge_existed {
+            rig.host.ip(&[
+                "link",
+                "add",
+                "cbr0",
+                "type",
+                "bridge",
+                "vlan_filtering",
+                "1",
+            ]);
+        }
+        // A container in another VLAN cannot use the VLAN 100 gateway: its port does
+        // not make the gateway "shared".
+        let other = rig.add_cont();
+        if neighbour {
+            let l2 = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge",
+                "bridge": "cbr0", "vlan": 200});
+            rig.call("bridge", "ADD", &l2)
+                .id("vlan200")
+                .netns(other.path.to_str().unwrap())
+                .run()
+                .ok();
+        }
+        let before = host_link_names(&rig);
+        let two_v4 = json!([[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.3.0/24"}]]);
+        let conf = bridge_conf(
+            &rig,
+            "1.0.0",
+            json!({"isGateway": true, "vlan": 100}),
+            two_v4,
+        );
+        let out = rig.call("bridge", "ADD", &conf).run();
+        let text = out.err_text();
+        assert!(
+            text.contains("\"cbr0.100\" already has an IP address different from 10.1.3.1/24"),
+            "{what}: failed elsewhere: {text}"
+        );
+        assert_nothing_left(&rig, &before, &what);
+        good_add_makes_a_complete_gateway(&rig, &what);
+    }
+}
+
+/// Issue 15 §2: a VLAN gateway that fails half-way through being made is deleted by
+/// the ADD that made it, never kept for later ADDs to reuse. The bridge is filled to
+/// the kernel's port limit (1023 ports: port numbers are 10 bits and 0 is reserved) but
+/// for the container's port, so the gateway's peer cannot join it: `cbr0.100` exists
+/// then, and must go again with everything else of the ADD.
+#[test]
+#[ignore = "needs bridge VLAN filtering: make test-vm runs these in the VM (--include-ignored)"]
+fn half_made_vlan_gateway_of_a_failed_add_is_deleted() {
+    need_vlan_filtering();
+    const MAX_PORTS: usize = 1023;
+    let fill = MAX_PORTS - 1;
+    let rig = Rig::new();
+    rig.host.ip(&[
+        "link",
+        "add",
+        "cbr0",
+        "type",
+        "bridge",
+        "vlan_filtering",
+        "1",
+    ]);
+    let batch = rig.dir.join("fill.batch");
+    let mut cmds = String::new();
+    for i in 0..fill {
+        cmds.push_str(&format!(
+            "link add fill{i} type dummy\nlink set fill{i} master cbr0\n"
+        ));
+    }
+    std::fs::write(&batch, cmds).unwrap();
+    rig.host.ip(&["-batch", batch.to_str().unwrap()]);
+
+    let before = host_link_names(&rig);
+    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true, "vlan": 100}), v4());
+    let out = rig.call("bridge", "ADD", &conf).run();
+    let text = out.err_text();
+    assert!(
+        text.contains("failed to create the VLAN gateway \"cbr0.100\""),
+        "failed elsewhere: {text}"
+    );
+    assert_nothing_left(&rig, &before, "full bridge");
+
+    // With room for both ports, the next ADD works.
+    rig.host.ip(&["link", "del", "fill0"]);
+    rig.host.ip(&["link", "del", "fill1"]);
+    good_add_makes_a_complete_gateway(&rig, "after room was made");
+}

@@ -197,6 +197,100 @@ fn del_succeeds_where_add_would_refuse() {
     }
 }
 
+/// DEL after a real ADD, with a config ADD would refuse (issue 15 §2): it still exits 0
+/// and removes everything the ADD made for the attachment: the veth pair, the IPAM
+/// reservation, the masquerade rules (nftables and iptables backends) and the MAC
+/// spoof-check chains. Some configs are readable but out of range (DEL reads what it
+/// needs); others cannot even be decoded (`"mtu": "1500"`), and then DEL removes
+/// everything the plugin may have made. A DEL with the good config afterwards finds
+/// nothing left to remove.
+#[test]
+fn del_with_a_config_add_would_refuse_cleans_up_after_a_real_add() {
+    // (what DEL gets, the code ADD refuses it with: 6 when it does not decode)
+    let refused = [
+        (json!({"mtu": "1500"}), 6),
+        (json!({"ipMasqBackend": 5, "macspoofchk": "yes"}), 6),
+        (json!({"ipMasqBackend": "pf"}), 7),
+        (json!({"mtu": -5, "vlan": 5000}), 7),
+        (json!({"disableContainerInterface": true}), 7),
+    ];
+    for backend in ["nftables", "iptables"] {
+        for (bad, code) in &refused {
+            let rig = Rig::new();
+            let what = format!("{backend} backend, DEL with {bad}");
+            let ipam = json!({"type": "host-local", "subnet": "10.74.0.0/24",
+                "dataDir": rig.data_dir()});
+            let conf = json!({"cniVersion": "1.0.0", "name": "cnet", "type": "bridge",
+                "bridge": "cbr9", "isGateway": true, "ipMasq": true, "ipMasqBackend": backend,
+                "macspoofchk": true, "ipam": ipam});
+            let bad_conf = merged(conf.clone(), bad);
+            let add = rig.call("bridge", "ADD", &bad_conf).run();
+            assert_eq!(
+                add.err_code(),
+                *code,
+                "ADD must refuse ({what}): {}",
+                add.stdout
+            );
+
+            let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
+            let ip = v["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            let veth = v["interfaces"][1]["name"].as_str().unwrap().to_string();
+            let masq_present = |rig: &Rig| match backend {
+                "nftables" => nft_ruleset(&rig.host).contains(&format!("ip saddr {ip} ")),
+                _ => iptables_save(&rig.host, false).contains(&format!("-s {ip}/32")),
+            };
+            let spoof_present = |rig: &Rig| {
+                let nft = nft_ruleset(&rig.host);
+                nft.contains("cni-br-iface-") || nft.contains("macspoofchk-")
+            };
+            // What the DEL must remove is really there.
+            assert!(link(&rig.host, &veth).is_some(), "{what}");
+            assert!(link(&rig.cont, "eth0").is_some(), "{what}");
+            assert_eq!(
+                reservations_under(&rig.data_dir()),
+                vec![ip.clone()],
+                "{what}"
+            );
+            assert!(masq_present(&rig), "{what}: no masquerade rule after ADD");
+            assert!(spoof_present(&rig), "{what}: no spoof check after ADD");
+
+            let del = rig.call("bridge", "DEL", &with_prev(&bad_conf, &v)).run();
+            assert_eq!(del.code, 0, "{what}: {}", del.stdout);
+            assert!(
+                del.stdout.trim().is_empty(),
+                "{what}: DEL printed {}",
+                del.stdout
+            );
+            let veths: Vec<Value> = links(&rig.host)
+                .into_iter()
+                .filter(|l| l["linkinfo"]["info_kind"] == "veth" || l["master"] == "cbr9")
+                .collect();
+            assert!(veths.is_empty(), "{what}: left {veths:?}");
+            assert!(link(&rig.cont, "eth0").is_none(), "{what}");
+            assert!(reservations_under(&rig.data_dir()).is_empty(), "{what}");
+            assert!(!masq_present(&rig), "{what}: the masquerade rule was left");
+            assert!(!spoof_present(&rig), "{what}: the spoof check was left");
+            for v6 in [false, true] {
+                let save = iptables_save(&rig.host, v6);
+                assert!(!save.contains("CNI-"), "{what}: {save}");
+            }
+            let after = snapshot_with(&rig, &snap(&rig));
+            rig.call("bridge", "DEL", &with_prev(&conf, &v)).run().ok();
+            assert_eq!(
+                snapshot_with(&rig, &snap(&rig)),
+                after,
+                "{what}: the DEL with the good config still found something to remove"
+            );
+        }
+    }
+}
+
 #[test]
 fn del_with_a_netns_that_is_only_a_file_succeeds_and_cleans_up() {
     let rig = Rig::new();
