@@ -560,13 +560,7 @@ fn ip_masq_backends() {
             }
             let conf = bridge_conf(&rig, ver, extra, v4());
             let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
-            let ip = v["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string();
+            let ip = result_ip(&v, 0);
             let nft = backend == Some("nftables");
             let present = |rig: &Rig| {
                 if nft {
@@ -810,15 +804,7 @@ fn traffic_between_containers_and_host() {
         .run()
         .ok()
         .clone();
-    let ip = |v: &Value, i: usize| {
-        v["ips"][i]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let ip = result_ip;
     // container -> container (v4 and v6), host -> container
     assert!(ping(&rig.cont, &ip(&v2, 0)), "c1 -> c2 v4");
     assert!(ping(&c2, &ip(&v1, 0)), "c2 -> c1 v4");
@@ -1012,13 +998,7 @@ fn reused_address_refreshes_neighbour_caches() {
         .run()
         .ok();
     let a = rig.call("bridge", "ADD", &conf).id("a").run().ok().clone();
-    let ip = a["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = result_ip(&a, 0);
     assert!(ping(&rig.host, &ip));
     rig.call("bridge", "DEL", &with_prev(&conf, &a))
         .id("a")

@@ -189,24 +189,11 @@ fn half_made_vlan_gateway_is_replaced() {
     rig.host.run(&[
         "ip", "link", "add", "cbr0.100", "type", "veth", "peer", "name", "strayp",
     ]);
-    let conf = bridge_conf(&rig, "1.0.0", json!({"isGateway": true, "vlan": 100}), v4());
-    let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
-    assert_eq!(v["interfaces"][3]["name"], "cbr0.100");
+    good_add_makes_a_complete_gateway(&rig, "after a stray pair named like the gateway");
     assert!(
         link(&rig.host, "strayp").is_none(),
         "the stray pair was reused"
     );
-    let gw = link(&rig.host, "cbr0.100").expect("gateway");
-    assert!(has_addr(&rig.host, "cbr0.100", "10.1.2.1/24"));
-    // `ip -j` names a same-namespace veth peer in "link".
-    let peer = link(
-        &rig.host,
-        gw["link"].as_str().expect("the gateway's peer name"),
-    )
-    .expect("the gateway's peer");
-    assert_eq!(peer["master"], "cbr0", "{peer}");
-    let vl = port_vlans(&rig.host, peer["ifname"].as_str().unwrap());
-    assert!(vl.contains(&(100, true, true)), "{vl:?}");
 }
 
 #[test]
@@ -263,6 +250,7 @@ fn good_add_makes_a_complete_gateway(rig: &Rig, what: &str) {
     assert_eq!(v["interfaces"][3]["name"], "cbr0.100", "{what}");
     assert!(has_addr(&rig.host, "cbr0.100", "10.1.2.1/24"), "{what}");
     let gw = link(&rig.host, "cbr0.100").expect("gateway");
+    // `ip -j` names a same-namespace veth peer in "link".
     let peer = link(&rig.host, gw["link"].as_str().expect("the gateway's peer"))
         .expect("the gateway's peer");
     assert_eq!(peer["master"], "cbr0", "{what}: {peer}");

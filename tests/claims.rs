@@ -278,13 +278,7 @@ fn reused_ipv6_address_refreshes_the_host_neighbour_entry() {
         .run()
         .ok();
     let a = rig.call("bridge", "ADD", &c).id("a").run().ok().clone();
-    let ip = a["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = result_ip(&a, 0);
     // The gateway address on the bridge goes through DAD first (as with Go's bridge).
     let settled = (0..50).any(|_| {
         let tentative = rig

@@ -113,13 +113,7 @@ fn attach(
         normalize_result(&b),
         "prevResult passes through"
     );
-    let ip = b["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = result_ip(&b, 0);
     (r, ip)
 }
 

@@ -233,13 +233,7 @@ fn del_with_a_config_add_would_refuse_cleans_up_after_a_real_add() {
             );
 
             let v = rig.call("bridge", "ADD", &conf).run().ok().clone();
-            let ip = v["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string();
+            let ip = result_ip(&v, 0);
             let veth = v["interfaces"][1]["name"].as_str().unwrap().to_string();
             let masq_present = |rig: &Rig| match backend {
                 "nftables" => nft_ruleset(&rig.host).contains(&format!("ip saddr {ip} ")),

@@ -512,6 +512,12 @@ pub fn links(ns: &Netns) -> Vec<Value> {
 
 /// The `addr_info` entries of `ifname` (empty if it does not exist; any other failure
 /// of `ip` panics).
+/// The address (without its prefix length) of a result's `ips[i]`.
+pub fn result_ip(v: &Value, i: usize) -> String {
+    let a = v["ips"][i]["address"].as_str().expect("ips[i].address");
+    a.split('/').next().unwrap_or(a).to_string()
+}
+
 pub fn addrs(ns: &Netns, ifname: &str) -> Vec<Value> {
     match ns.ip_json_dev(&["addr", "show", "dev", ifname]) {
         None => vec![],
