@@ -64,10 +64,7 @@ fn qdiscs(ns: &Netns) -> Vec<Value> {
 /// The u32 filters under `ffff:` of `dev`: (pref, protocol, flowid, first action's
 /// kind, direction, target device, control action).
 fn redirect_filters(ns: &Netns, dev: &str) -> Vec<Value> {
-    let out = ns.run(&["tc", "-j", "filter", "show", "dev", dev, "ingress"]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
+    tc_filters(ns, dev, "ingress")
         .iter()
         .filter(|f| f["options"]["actions"].is_array())
         .map(|f| {

@@ -176,16 +176,7 @@ fn l3_with_vlan_gateway() {
 fn half_made_vlan_gateway_is_replaced() {
     need_vlan_filtering();
     let rig = Rig::new();
-    rig.host.run(&[
-        "ip",
-        "link",
-        "add",
-        "cbr0",
-        "type",
-        "bridge",
-        "vlan_filtering",
-        "1",
-    ]);
+    add_vlan_bridge(&rig);
     rig.host.run(&[
         "ip", "link", "add", "cbr0.100", "type", "veth", "peer", "name", "strayp",
     ]);
@@ -216,6 +207,20 @@ fn trunk_normalisation() {
             (5, false, false)
         ]
     );
+}
+
+/// A VLAN-filtering bridge `cbr0` in the rig's host, made before any ADD (as an operator
+/// or an earlier ADD would have left it).
+fn add_vlan_bridge(rig: &Rig) {
+    rig.host.ip(&[
+        "link",
+        "add",
+        "cbr0",
+        "type",
+        "bridge",
+        "vlan_filtering",
+        "1",
+    ]);
 }
 
 /// The host's link names: a failed ADD must leave this list as it found it.
@@ -274,15 +279,7 @@ fn failed_add_removes_the_vlan_gateway_it_created() {
             format!("bridge existed before: {bridge_existed}, VLAN 200 neighbour: {neighbour}");
         let rig = Rig::new();
         if bridge_existed {
-            rig.host.ip(&[
-                "link",
-                "add",
-                "cbr0",
-                "type",
-                "bridge",
-                "vlan_filtering",
-                "1",
-            ]);
+            add_vlan_bridge(&rig);
         }
         // A container in another VLAN cannot use the VLAN 100 gateway: its port does
         // not make the gateway "shared".
@@ -327,15 +324,7 @@ fn half_made_vlan_gateway_of_a_failed_add_is_deleted() {
     const MAX_PORTS: usize = 1023;
     let fill = MAX_PORTS - 1;
     let rig = Rig::new();
-    rig.host.ip(&[
-        "link",
-        "add",
-        "cbr0",
-        "type",
-        "bridge",
-        "vlan_filtering",
-        "1",
-    ]);
+    add_vlan_bridge(&rig);
     let batch = rig.dir.join("fill.batch");
     let mut cmds = String::new();
     for i in 0..fill {

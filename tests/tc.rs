@@ -30,10 +30,7 @@ fn qdiscs(ns: &Netns, dev: &str) -> Vec<Value> {
 /// protocol, kind, first action's kind, mirred action, direction, target device,
 /// control action).
 fn redirect_filters(ns: &Netns, dev: &str, side: &str) -> Vec<Value> {
-    let out = ns.run(&["tc", "-j", "filter", "show", "dev", dev, side]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
+    tc_filters(ns, dev, side)
         .iter()
         .filter(|f| f["options"]["actions"].is_array())
         .map(|f| {
@@ -55,10 +52,7 @@ fn redirect_filters(ns: &Netns, dev: &str, side: &str) -> Vec<Value> {
 /// Every filter `tc` lists on one side of `dev`, instance headers and hash tables
 /// included, as (pref, protocol, kind, filter handle).
 fn all_filters(ns: &Netns, dev: &str, side: &str) -> Vec<Value> {
-    let out = ns.run(&["tc", "-j", "filter", "show", "dev", dev, side]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
+    tc_filters(ns, dev, side)
         .iter()
         .map(|f| json!([f["pref"], f["protocol"], f["kind"], f["options"]["fh"]]))
         .collect()

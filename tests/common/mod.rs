@@ -512,6 +512,16 @@ pub fn links(ns: &Netns) -> Vec<Value> {
 
 /// The `addr_info` entries of `ifname` (empty if it does not exist; any other failure
 /// of `ip` panics).
+/// What `tc -j filter show dev <dev> <side>` lists (`side`: `ingress` or `egress`),
+/// failing if `tc` fails.
+pub fn tc_filters(ns: &Netns, dev: &str, side: &str) -> Vec<Value> {
+    let out = ns.run(&["tc", "-j", "filter", "show", "dev", dev, side]);
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("tc filter show dev {dev} {side}: not a JSON array: {other:?}"),
+    }
+}
+
 /// The address (without its prefix length) of a result's `ips[i]`.
 pub fn result_ip(v: &Value, i: usize) -> String {
     let a = v["ips"][i]["address"].as_str().expect("ips[i].address");
